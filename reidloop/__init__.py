@@ -1,0 +1,5 @@
+"""reidloop core: data, models, losses, metrics, DRAL and acquisition strategies.
+
+This package never imports Ray; the Ray layers live in ``trainers/`` and ``services/``.
+"""
+__version__ = "0.1.0"

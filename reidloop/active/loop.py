@@ -1,0 +1,282 @@
+"""The active-learning loop of DRAL's Algorithm 1, in one process.
+
+Per round (``1 / finetune.every`` rounds, paper: 4):
+1. the current CNN embeds the unlabelled pool; the metric d is refitted on the
+   answers so far (KISSME, or Euclidean before there are enough);
+2. each query of the round (every pool image is browsed once as a query) gets
+   its ns nearest candidates and a :class:`QueryEpisodeEnv`; the strategy asks
+   up to Kmax of them, the oracle answers (and logs), the strategy learns;
+3. all answered pairs so far fine-tune the CNN (triplet on verified pairs);
+4. the new model is evaluated on the test split: one row of ``rounds.parquet``.
+
+Pairs answered earlier (e.g. (g, q) when q was asked about g) are applied to the
+state for free (``known``), so no pair is ever asked twice and the annotation cost
+is counted exactly: at most n_queries · Kmax (paper §4.4).
+
+The Ray service (``services/``) runs the same rounds with episodes spread over
+environment workers; everything it needs is the public functions of this module.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from ..answer_log import AnswerLog
+from ..config import LoopJob, save_config, to_dict
+from ..data.records import ImageRecord, ReidSplits
+from ..data.registry import build_splits, split_identities
+from ..dral.env import QueryEpisodeEnv
+from ..dral.metric import Metric, fit_metric
+from ..engine.evaluate import evaluate_features, format_metrics
+from ..engine.features import extract_features
+from ..engine.precision import Precision, resolve_device, resolve_precision
+from ..engine.train import train_supervised
+from ..models import build_model, load_checkpoint, save_checkpoint
+from ..oracle import BudgetExhausted, SimulatedOracle
+from ..strategies import RoundContext, Strategy, Transition, build_strategy
+from .finetune import finetune
+
+log = logging.getLogger(__name__)
+
+AnswerFn = Callable[[int, int, int, int], int]  # (query, candidate, round, step) -> ±1
+
+
+# --------------------------------------------------------------------------- pieces
+def round_slices(n_queries: int, every: float) -> list[slice]:
+    """Split the query order into rounds of ``every`` × n_queries (the last one takes the rest)."""
+    rounds = max(1, math.ceil(round(1.0 / every, 9)))
+    bounds = [round(i * n_queries / rounds) for i in range(rounds + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(rounds)]
+
+
+def nearest_candidates_all(features: np.ndarray, metric: Metric, queries: np.ndarray, ns: int,
+                           chunk: int = 512) -> np.ndarray:
+    """(len(queries), ns) pool indices of each query's ns nearest other pool images, nearest first."""
+    n = len(features)
+    if ns >= n:
+        raise ValueError(f"dral.ns={ns} candidates need a pool of more than {ns} images, got {n}")
+    out = np.empty((len(queries), ns), dtype=np.int64)
+    for s in range(0, len(queries), chunk):
+        q = queries[s:s + chunk]
+        D = metric.pairwise(features[q], features)
+        D[np.arange(len(q)), q] = np.inf
+        part = np.argpartition(D, ns, axis=1)[:, :ns]
+        order = np.argsort(np.take_along_axis(D, part, 1), axis=1, kind="stable")
+        out[s:s + chunk] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def answered_pairs(log_table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(queries, candidates, answers) arrays of an answer-log table."""
+    return tuple(log_table.column(c).to_numpy().astype(np.int64) for c in ("query", "candidate", "answer"))
+
+
+def split_pairs(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarray):
+    pairs = np.stack([queries, candidates], 1) if len(queries) else np.empty((0, 2), dtype=np.int64)
+    return pairs[answers > 0], pairs[answers < 0]
+
+
+def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates: np.ndarray,
+                features: np.ndarray, metric: Metric, known: dict[int, int], answer_fn: AnswerFn,
+                round_: int) -> int:
+    """One query: ask up to Kmax candidates; returns the number of questions asked."""
+    idx = np.concatenate([[query], candidates])
+    D = metric.pairwise(features[idx], features[idx])
+    D = (D + D.T) / 2.0
+    np.fill_diagonal(D, 0.0)
+    obs, info = env.reset(options={"query": int(query), "candidates": candidates, "distances": D, "known": known})
+    mask = info["action_mask"]
+    while mask.any() and env.questions_asked < env.kmax:
+        a = strategy.select(env, obs, mask)
+        c = int(candidates[a])
+        y = answer_fn(int(query), c, round_, env.questions_asked)
+        next_obs, reward, done, _, info = env.step_with_answer(a, y)
+        strategy.observe(Transition(obs, a, float(reward), next_obs, info["action_mask"], done, y, int(query), c))
+        obs, mask = next_obs, info["action_mask"]
+        if done:
+            break
+    return env.questions_asked
+
+
+# ------------------------------------------------------------------------ the loop
+@dataclass
+class LoopResult:
+    rounds: list[dict] = field(default_factory=list)
+    answers: int = 0
+    output_dir: str = ""
+
+    def final(self) -> dict:
+        return self.rounds[-1] if self.rounds else {}
+
+
+class ActiveLearningLoop:
+    """Algorithm 1 on one machine. ``run()`` writes everything under job.output_dir."""
+
+    def __init__(self, job: LoopJob, progress: bool = True) -> None:
+        self.job = job
+        self.progress = progress
+        self.out = Path(job.output_dir)
+        self.device = resolve_device(job.pretrain.device)
+
+    # ---- setup
+    def prepare(self) -> tuple[ReidSplits, list[ImageRecord], torch.nn.Module]:
+        job = self.job
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(job, self.out / "config.yaml")
+        splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
+        if job.checkpoint:
+            model, _ = load_checkpoint(job.checkpoint)
+            pool = list(splits.train)
+        else:
+            labelled, pool = split_identities(splits.train, job.pretrain_fraction, seed=job.seed)
+            model = self._pretrained(labelled)
+        if job.dral.ns >= len(pool):
+            raise ValueError(f"dral.ns={job.dral.ns} must be smaller than the unlabelled pool "
+                             f"({len(pool)} images of {splits.name})")
+        return splits, pool, model
+
+    def _pretrained(self, labelled: Sequence[ImageRecord]) -> torch.nn.Module:
+        path = self.out / "pretrained.pt"
+        if path.exists():  # resume: pre-training is deterministic, reuse it
+            return load_checkpoint(path)[0]
+        job = self.job
+        model = build_model(job.model, num_classes=len({r.pid for r in labelled}))
+        precision = resolve_precision(job.pretrain.amp, self.device)
+        log.info("pre-training %s on %d images (%s)", job.model.backbone, len(labelled), precision.describe())
+        train_supervised(model, labelled, height=job.data.height, width=job.data.width, cfg=job.pretrain,
+                         precision=precision, num_workers=job.data.num_workers, progress=self.progress)
+        model.reset_classifier(0)
+        save_checkpoint(path, model, extra={"pretrained_on": len(labelled), "model_config": to_dict(job.model)})
+        return model
+
+    def embed(self, model, records, desc: str) -> np.ndarray:
+        return extract_features(model, records, height=self.job.data.height, width=self.job.data.width,
+                                precision=resolve_precision(self.job.eval.amp, self.device),
+                                batch_size=self.job.eval.batch_size, num_workers=self.job.data.num_workers,
+                                progress=self.progress, desc=desc)
+
+    def evaluate(self, model, splits: ReidSplits) -> dict:
+        qf = self.embed(model, splits.query, "query")
+        gf = self.embed(model, splits.gallery, "gallery")
+        return evaluate_features(qf, gf, splits.query, splits.gallery, self.job.eval)
+
+    # ---- main
+    def run(self) -> LoopResult:
+        job = self.job
+        splits, pool, model = self.prepare()
+        pids = np.array([r.pid for r in pool])
+        n = len(pool)
+        order = np.random.default_rng(job.seed).permutation(n)[: job.max_queries or n]
+        strategy = build_strategy(job.strategy, job.dral, seed=job.seed)
+        budget = job.oracle.budget if job.oracle.budget is not None else len(order) * job.dral.kmax
+        answer_log = AnswerLog(self.out / "answers", flush_every=job.oracle.flush_every)
+        oracle = SimulatedOracle(pids, replace(job.oracle, budget=budget), log=answer_log,
+                                 paths=[r.path for r in pool])
+        env = QueryEpisodeEnv.from_config(job.dral)
+        ft_precision = resolve_precision(job.finetune.amp, self.device)
+        result = LoopResult(output_dir=str(self.out))
+        start = time.perf_counter()
+
+        def answer(q: int, c: int, round_: int, step: int) -> int:
+            return oracle.ask(q, c, round=round_, step=step, strategy=strategy.name)
+
+        metrics = self.evaluate(model, splits)
+        result.rounds.append(self._row(0, 0, metrics, start, 0.0))
+        log.info("round 0 (pre-trained): %s", format_metrics({job.strategy: metrics}).splitlines()[1])
+        features = self.embed(model, pool, "pool")
+        for r, sl in enumerate(round_slices(len(order), job.finetune.every), start=1):
+            q_all, c_all, y_all = answered_pairs(answer_log.read())
+            pos, neg = split_pairs(q_all, c_all, y_all)
+            metric = fit_metric(job.dral.metric, features, pos, neg)
+            strategy.begin_round(RoundContext(r, features, metric, pos, neg))
+            if strategy.asks_questions and oracle.remaining:
+                queries = order[sl]
+                cands = nearest_candidates_all(features, metric, queries, job.dral.ns)
+                it = tqdm(range(len(queries)), desc=f"round {r} queries", leave=False, disable=None) \
+                    if self.progress else range(len(queries))
+                try:
+                    for i in it:
+                        q = int(queries[i])
+                        known = {a: y for a, c in enumerate(cands[i]) if (y := oracle.known(q, int(c))) is not None}
+                        run_episode(env, strategy, q, cands[i], features, metric, known, answer, r)
+                except BudgetExhausted:
+                    log.info("annotation budget of %d questions spent in round %d", budget, r)
+            answer_log.flush()
+            ft_seconds = 0.0
+            if strategy.finetune != "none":
+                q_all, c_all, y_all = answered_pairs(answer_log.read())
+                stats = finetune(model, pool, job.finetune, height=job.data.height, width=job.data.width,
+                                 precision=ft_precision, mode=strategy.finetune, seed=job.seed + r,
+                                 queries=q_all, candidates=c_all, answers=y_all, pool_labels=pids)
+                ft_seconds = stats.seconds
+                features = self.embed(model, pool, "pool")  # the new CNN re-initialises the states
+            metrics = self.evaluate(model, splits)
+            result.rounds.append(self._row(r, oracle.used, metrics, start, ft_seconds))
+            log.info("round %d: %d answers  %s", r, oracle.used,
+                     format_metrics({job.strategy: metrics}).splitlines()[1])
+            save_checkpoint(self.out / "model.pt", model, extra={"round": r, "answers": oracle.used, **metrics})
+            self._save_strategy(strategy)
+            self._write_rounds(result.rounds)
+        answer_log.close()
+        result.answers = oracle.used
+        self._write_summary(result, splits, len(pool), len(order), budget)
+        return result
+
+    # ---- outputs
+    def _row(self, r: int, answers: int, metrics: dict, start: float, ft_seconds: float) -> dict:
+        return {"round": r, "answers": answers, "strategy": self.job.strategy, "seed": self.job.seed,
+                **{k: float(v) for k, v in metrics.items()}, "finetune_seconds": round(ft_seconds, 2),
+                "elapsed_seconds": round(time.perf_counter() - start, 2)}
+
+    def _save_strategy(self, strategy: Strategy) -> None:
+        tmp = self.out / "strategy.pt.tmp"
+        torch.save(strategy.state_dict(), tmp)
+        tmp.replace(self.out / "strategy.pt")
+
+    def _write_rounds(self, rows: list[dict]) -> None:
+        tmp = self.out / "rounds.parquet.tmp"
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        tmp.replace(self.out / "rounds.parquet")
+
+    def _write_summary(self, result: LoopResult, splits: ReidSplits, pool: int, queries: int, budget: int) -> None:
+        first, last = result.rounds[0], result.rounds[-1]
+        summary = {"strategy": self.job.strategy, "dataset": splits.name, "seed": self.job.seed,
+                   "pool_images": pool, "queries": queries, "budget": budget, "answers": result.answers,
+                   "annotation_fraction_of_all_pairs": result.answers / max(pool * (pool - 1) / 2, 1),
+                   "initial": {k: first[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")},
+                   "final": {k: last[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")},
+                   "config": to_dict(self.job)}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_curve(result.rounds, self.out / "curve.png", title=f"{self.job.strategy} on {splits.name}")
+
+
+def plot_curve(rows: list[dict], path: Path, title: str = "") -> None:
+    """mAP and rank-1 against the number of answers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["answers"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    ax.plot(x, [100 * r["mAP"] for r in rows], "o-", label="mAP")
+    ax.plot(x, [100 * r["rank1"] for r in rows], "s--", label="rank-1")
+    ax.set_xlabel("answers (human verifications)")
+    ax.set_ylabel("%")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

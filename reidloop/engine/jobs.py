@@ -1,0 +1,80 @@
+"""Single-process jobs behind the command line: pre-train, evaluate."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import EvaluateJob, PretrainJob, save_config, to_dict
+from ..data.registry import build_splits
+from ..models import build_model, load_checkpoint, save_checkpoint
+from .evaluate import evaluate_model, format_metrics
+from .precision import resolve_device, resolve_precision
+from .train import train_supervised
+
+log = logging.getLogger(__name__)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
+    """Train on the dataset's train split, save ``model.pt``, evaluate on query/gallery.
+
+    Writes ``config.yaml``, ``model.pt``, ``history.json`` and ``metrics.json`` to job.output_dir.
+    """
+    out = Path(job.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(job, out / "config.yaml")
+    splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
+    log.info("\n%s", splits.summary())
+    device = resolve_device(job.train.device)
+    model = build_model(job.model, num_classes=len(splits.train_pids))
+    train_precision = resolve_precision(job.train.amp, device)
+    log.info("training %s on %s (%s)", job.model.backbone, splits.name, train_precision.describe())
+    start = time.perf_counter()
+    history = train_supervised(model, splits.train, height=job.data.height, width=job.data.width,
+                               cfg=job.train, precision=train_precision, num_workers=job.data.num_workers,
+                               skip_bad=job.data.skip_bad_images, progress=progress)
+    train_s = time.perf_counter() - start
+    save_checkpoint(out / "model.pt", model, extra={
+        "dataset": splits.name, "epochs": job.train.epochs, "model_config": to_dict(job.model)})
+    _write_json(out / "history.json", [asdict(h) for h in history])
+    eval_precision = resolve_precision(job.eval.amp, device)
+    metrics = evaluate_model(model, splits.query, splits.gallery, height=job.data.height, width=job.data.width,
+                             cfg=job.eval, precision=eval_precision, num_workers=job.data.num_workers,
+                             progress=progress)
+    summary = {"dataset": splits.name, "backbone": job.model.backbone, "weights": job.model.weights,
+               "epochs": job.train.epochs, "train_seconds": round(train_s, 1),
+               "precision": train_precision.describe(), **metrics}
+    _write_json(out / "metrics.json", summary)
+    print(format_metrics({f"{job.model.backbone} ({job.train.epochs} ep)": metrics}))
+    return summary
+
+
+def run_evaluate(job: EvaluateJob, progress: bool = True) -> dict:
+    """Evaluate a checkpoint, or the model the config describes (untrained / ImageNet) when none is given."""
+    splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
+    device = resolve_device("auto")
+    if job.checkpoint:
+        model, meta = load_checkpoint(job.checkpoint)
+        name = Path(job.checkpoint).name
+    else:
+        model = build_model(job.model, num_classes=0)
+        name = f"{job.model.backbone} ({job.model.weights or 'random init'})"
+    precision = resolve_precision(job.eval.amp, device)
+    metrics = evaluate_model(model, splits.query, splits.gallery, height=job.data.height, width=job.data.width,
+                             cfg=job.eval, precision=precision, num_workers=job.data.num_workers,
+                             progress=progress)
+    print(format_metrics({name: metrics}))
+    summary = {"dataset": splits.name, "model": name, "rerank": job.eval.rerank,
+               "precision": precision.describe(), **metrics}
+    if job.output:
+        Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+        _write_json(Path(job.output), summary)
+    return summary

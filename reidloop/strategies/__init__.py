@@ -1,0 +1,33 @@
+"""Acquisition strategies, one per file, behind :class:`reidloop.strategies.base.Strategy`."""
+from __future__ import annotations
+
+from ..config import DralConfig
+from .base import RoundContext, Strategy, Transition, masked_argmax
+from .baseline import BaselineStrategy
+from .dral import DralStrategy
+from .gd import GraphDensityStrategy
+from .qbc import QBCStrategy
+from .qiu import QIUStrategy
+from .random import RandomStrategy
+from .upperbound import UpperBoundStrategy
+
+_SIMPLE = {cls.name: cls for cls in (RandomStrategy, QIUStrategy, QBCStrategy, GraphDensityStrategy,
+                                     BaselineStrategy, UpperBoundStrategy)}
+
+
+def build_strategy(name: str, dral: DralConfig, seed: int = 0) -> Strategy:
+    """The strategy called ``name`` (see reidloop.config.STRATEGIES)."""
+    if name == "dral":
+        return DralStrategy(dral, seed=seed)
+    if name == "l2r":
+        from .l2r import L2RStrategy  # the learned-loss ranker (L2R-AL), optional
+
+        return L2RStrategy(dral, seed=seed)
+    try:
+        return _SIMPLE[name](seed=seed)
+    except KeyError:
+        known = sorted([*_SIMPLE, "dral", "l2r"])
+        raise ValueError(f"strategy: {name!r} is not one of {known}") from None
+
+
+__all__ = ["RoundContext", "Strategy", "Transition", "masked_argmax", "build_strategy"]

@@ -1,0 +1,44 @@
+"""DRAL — the deep reinforced active learner (paper §3.2, Algorithm 1).
+
+The state is the κ-reciprocal similarity graph of the query episode (the env's
+observation), the action a candidate position, the reward the hard-triplet
+uncertainty of Eq. 9; a DQN (three FC-256 layers) learns Q* of Eq. 10 from every
+answered question, through all rounds.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import DralConfig
+from ..dral.agent import DQNAgent
+from .base import Strategy, Transition
+
+
+class DralStrategy(Strategy):
+    name = "dral"
+
+    def __init__(self, cfg: DralConfig, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.cfg = cfg
+        self.agent = DQNAgent(obs_dim=(cfg.ns + 1) ** 2 + cfg.ns, n_actions=cfg.ns, cfg=cfg, seed=seed)
+        self.steps = 0
+        self.losses: list[float] = []
+
+    def select(self, env, obs: np.ndarray, mask: np.ndarray) -> int:
+        return self.agent.act(obs, mask, explore=True)
+
+    def observe(self, t: Transition) -> None:
+        self.agent.remember(t.obs, t.action, t.reward, t.next_obs, t.next_mask, t.done)
+        self.steps += 1
+        if self.steps % self.cfg.learn_every == 0:
+            loss = self.agent.learn()
+            if loss is not None:
+                self.losses.append(float(loss))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "agent": self.agent.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.agent.load_state_dict(state["agent"])
+        self.steps = int(state["steps"])
