@@ -110,24 +110,31 @@ def _reachability(adj: torch.Tensor) -> torch.Tensor:
         reach = nxt
 
 
-def pair_masks(n: int, pos_pairs: Pairs, neg_pairs: Pairs,
-               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def pair_masks(n: int, pos_pairs: Pairs, neg_pairs: Pairs, device: torch.device | str = "cpu",
+               on_conflict: str = "drop") -> tuple[torch.Tensor, torch.Tensor]:
     """Positive/negative N×N masks from verified pairs (DRAL Sec. 3.3).
 
     Positives are closed transitively (a~b, b~c ⇒ a~c); a negative between two
     members extends to their whole groups. Self pairs are never positives.
-    Contradictory annotations (a pair both positive and negative) raise ValueError.
+    Contradictory annotations (real annotators err: a pair linked as the same
+    person and also marked different) are dropped from both masks with
+    ``on_conflict="drop"`` (the default: noisy answers must not stop a run) or
+    raise ValueError with ``on_conflict="raise"``.
     """
+    if on_conflict not in ("drop", "raise"):
+        raise ValueError(f"on_conflict: {on_conflict!r} is not 'drop' or 'raise'")
     device = torch.device(device)
     reach = _reachability(_pair_matrix(pos_pairs, n, "pos_pairs", device))
     neg_adj = _pair_matrix(neg_pairs, n, "neg_pairs", device).float()
     r = reach.float()
     neg = (r @ neg_adj @ r) > 0
-    conflict = (neg & reach).nonzero()
-    if len(conflict):
-        i, j = (int(v) for v in conflict[0])
-        raise ValueError(f"neg_pairs contradict pos_pairs: samples {i} and {j} are linked as the same "
-                         f"person but also marked different ({len(conflict)} such entries)")
+    conflict = neg & reach
+    if conflict.any():
+        if on_conflict == "raise":
+            i, j = (int(v) for v in conflict.nonzero()[0])
+            raise ValueError(f"neg_pairs contradict pos_pairs: samples {i} and {j} are linked as the same "
+                             f"person but also marked different ({int(conflict.sum())} such entries)")
+        reach, neg = reach & ~conflict, neg & ~conflict
     return reach & ~torch.eye(n, dtype=torch.bool, device=device), neg
 
 

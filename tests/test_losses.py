@@ -113,7 +113,12 @@ def test_pair_masks_transitive_closure():
 
 def test_pair_masks_reject_contradictions_and_bad_indices():
     with pytest.raises(ValueError, match="contradict"):
-        pair_masks(3, [(0, 1), (1, 2)], [(0, 2)])
+        pair_masks(3, [(0, 1), (1, 2)], [(0, 2)], on_conflict="raise")
+    # default: a self-contradicting chain (0~1~2 but 0≠2) loses its internal links in both masks;
+    # what it says about outsiders (2≠3, so the chain ≠ 3) and untouched pairs (4~5) is kept
+    pos, neg = pair_masks(6, [(0, 1), (1, 2), (4, 5)], [(0, 2), (2, 3)])
+    assert not (pos[:3, :3].any() or neg[:3, :3].any())
+    assert neg[2, 3] and neg[0, 3] and neg[3, 1] and pos[4, 5] and not neg[4, 5]
     with pytest.raises(ValueError, match=r"pos_pairs: indices must lie in \[0, 3\)"):
         pair_masks(3, [(0, 3)], [])
     with pytest.raises(ValueError, match="P×2"):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import reidloop.metrics.rerank as rerank_module
 from reidloop.metrics import evaluate_rank, k_reciprocal_rerank, pairwise_distance, rerank_from_features
 
 
@@ -73,6 +74,14 @@ def test_ties_broken_like_stable_argsort(seed):
     for k1, k2 in ((3, 2), (6, 4)):
         np.testing.assert_allclose(k_reciprocal_rerank(qg, qq, gg, k1=k1, k2=k2),
                                    loop_rerank(qg, qq, gg, k1=k1, k2=k2), rtol=1e-5, atol=1e-5)
+
+
+def test_chunking_gives_identical_results(monkeypatch):
+    rng = np.random.default_rng(9)
+    qg, qq, gg = _dists(rng.normal(size=(7, 4)), rng.normal(size=(30, 4)))
+    whole = k_reciprocal_rerank(qg, qq, gg, k1=6, k2=3)
+    monkeypatch.setattr(rerank_module, "_CHUNK_ELEMENTS", 100)  # a few rows per chunk in every stage
+    np.testing.assert_array_equal(k_reciprocal_rerank(qg, qq, gg, k1=6, k2=3), whole)
 
 
 def test_shape_finite_and_range():

@@ -161,3 +161,18 @@ def test_wheel_mobilenet_gives_imagenet_like_features():
     with torch.no_grad():
         feats = backbone.eval()(ramp).mean((2, 3))
     assert torch.isfinite(feats).all() and feats.std() > 0.01 and feats.abs().max() < 100
+
+
+def test_reidloop_checkpoint_as_backbone_weights(tmp_path):
+    from reidloop.models import ReidNet, save_checkpoint
+
+    model = ReidNet("mobilenet_v2", num_classes=3)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model, {"epoch": 1})
+    backbone, _ = build_backbone("mobilenet_v2")
+    report = load_backbone_weights(backbone, "mobilenet_v2", path)
+    assert report.loaded == WHEEL_MOBILENET_TENSORS
+    assert sorted(report.skipped) == ["bottleneck.bias", "bottleneck.num_batches_tracked", "bottleneck.running_mean",
+                                      "bottleneck.running_var", "bottleneck.weight", "classifier.weight"]
+    ref = model.backbone.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in backbone.state_dict().items())

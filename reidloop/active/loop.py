@@ -109,19 +109,71 @@ def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates
     return env.questions_asked
 
 
-# ------------------------------------------------------------------------ the loop
+# ------------------------------------------------------------------- resuming
+class ResumeDiverged(RuntimeError):
+    """A resumed run asked something else than the interrupted run had asked at that point."""
+
+
+class ReplayingOracle:
+    """Deterministic replay of an interrupted round.
+
+    The answers the log already holds for the round being redone are served back, free and in their
+    original order, while the strategy (restored to its state at the round's start) asks the same
+    questions again; after the last of them, questions go to the real oracle. Pairs still waiting to be
+    replayed are not "known" yet, exactly as in the interrupted run at that point.
+    """
+
+    def __init__(self, oracle: SimulatedOracle, pending: list[tuple[int, int, int]]) -> None:
+        self.oracle = oracle
+        self.pending = list(pending)
+        self._pending_keys = {(min(q, c), max(q, c)) for q, c, _ in pending}
+        self.replayed = 0
+
+    @property
+    def remaining(self) -> int:
+        """Questions this asker can still answer: the replays plus the real oracle's budget left."""
+        return len(self.pending) + (self.oracle.remaining or 0)
+
+    @property
+    def used(self) -> int:
+        return self.oracle.used
+
+    def known(self, q: int, c: int) -> int | None:
+        return None if (min(q, c), max(q, c)) in self._pending_keys else self.oracle.known(q, c)
+
+    def ask(self, q: int, c: int, *, round: int, step: int, strategy: str) -> int:
+        if not self.pending:
+            return self.oracle.ask(q, c, round=round, step=step, strategy=strategy)
+        pq_, pc, y = self.pending[0]
+        if {pq_, pc} != {q, c}:
+            raise ResumeDiverged(f"resumed run asked ({q}, {c}) where the log has ({pq_}, {pc}); "
+                                 "was the config or code changed between the runs?")
+        self.pending.pop(0)
+        self._pending_keys.discard((min(q, c), max(q, c)))
+        self.replayed += 1
+        return y
+
+
 @dataclass
 class LoopResult:
     rounds: list[dict] = field(default_factory=list)
     answers: int = 0
     output_dir: str = ""
+    resumed_from_round: int | None = None
+    replayed_answers: int = 0
 
     def final(self) -> dict:
         return self.rounds[-1] if self.rounds else {}
 
 
+# ------------------------------------------------------------------------ the loop
 class ActiveLearningLoop:
-    """Algorithm 1 on one machine. ``run()`` writes everything under job.output_dir."""
+    """Algorithm 1 on one machine. ``run()`` writes everything under job.output_dir and resumes from it.
+
+    The answer log and the per-round checkpoints are the run's truth: a run killed at any point and
+    started again with the same config continues where it stopped, with no answer lost, none asked twice,
+    the budget never exceeded, and — replaying the interrupted round — the same questions asked.
+    """
 
     def __init__(self, job: LoopJob, progress: bool = True) -> None:
         self.job = job
@@ -148,7 +200,7 @@ class ActiveLearningLoop:
 
     def _pretrained(self, labelled: Sequence[ImageRecord]) -> torch.nn.Module:
         path = self.out / "pretrained.pt"
-        if path.exists():  # resume: pre-training is deterministic, reuse it
+        if path.exists():  # resume: pre-training is done once per output_dir
             return load_checkpoint(path)[0]
         job = self.job
         model = build_model(job.model, num_classes=len({r.pid for r in labelled}))
@@ -171,6 +223,30 @@ class ActiveLearningLoop:
         gf = self.embed(model, splits.gallery, "gallery")
         return evaluate_features(qf, gf, splits.query, splits.gallery, self.job.eval)
 
+    def finetune(self, model, pool, mode: str, round_: int, log_table: pa.Table, pids: np.ndarray):
+        q_all, c_all, y_all = answered_pairs(log_table)
+        return finetune(model, pool, self.job.finetune, height=self.job.data.height, width=self.job.data.width,
+                        precision=resolve_precision(self.job.finetune.amp, self.device), mode=mode,
+                        seed=self.job.seed + round_, queries=q_all, candidates=c_all, answers=y_all,
+                        pool_labels=pids)
+
+    def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric: Metric,
+                  strategy: Strategy, oracle) -> None:
+        """Run the episodes of one round's queries (the Ray service overrides this with env workers)."""
+        cands = nearest_candidates_all(features, metric, queries, self.job.dral.ns)
+        env = QueryEpisodeEnv.from_config(self.job.dral)
+
+        def answer(q: int, c: int, r: int, step: int) -> int:
+            return oracle.ask(q, c, round=r, step=step, strategy=strategy.name)
+
+        it = range(len(queries))
+        if self.progress:
+            it = tqdm(it, desc=f"round {round_} queries", leave=False, disable=None)
+        for i in it:
+            q = int(queries[i])
+            known = {a: y for a, c in enumerate(cands[i]) if (y := oracle.known(q, int(c))) is not None}
+            run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_)
+
     # ---- main
     def run(self) -> LoopResult:
         job = self.job
@@ -183,82 +259,109 @@ class ActiveLearningLoop:
         answer_log = AnswerLog(self.out / "answers", flush_every=job.oracle.flush_every)
         oracle = SimulatedOracle(pids, replace(job.oracle, budget=budget), log=answer_log,
                                  paths=[r.path for r in pool])
-        env = QueryEpisodeEnv.from_config(job.dral)
-        ft_precision = resolve_precision(job.finetune.amp, self.device)
         result = LoopResult(output_dir=str(self.out))
         start = time.perf_counter()
 
-        def answer(q: int, c: int, round_: int, step: int) -> int:
-            return oracle.ask(q, c, round=round_, step=step, strategy=strategy.name)
-
-        metrics = self.evaluate(model, splits)
-        result.rounds.append(self._row(0, 0, metrics, start, 0.0))
-        log.info("round 0 (pre-trained): %s", format_metrics({job.strategy: metrics}).splitlines()[1])
+        done_round = self._load_state(model, strategy, result)
+        if done_round == 0 and not result.rounds:
+            metrics = self.evaluate(model, splits)
+            result.rounds.append(self._row(0, oracle.used, metrics, start, 0.0))
+            log.info("round 0 (pre-trained): %s", format_metrics({job.strategy: metrics}).splitlines()[1])
         features = self.embed(model, pool, "pool")
-        for r, sl in enumerate(round_slices(len(order), job.finetune.every), start=1):
-            q_all, c_all, y_all = answered_pairs(answer_log.read())
+        slices = round_slices(len(order), job.finetune.every)
+        for r, sl in enumerate(slices, start=1):
+            if r <= done_round:
+                continue
+            table = answer_log.read()
+            rounds_col = table.column("round").to_numpy()
+            before, pending = table.filter(pa.array(rounds_col < r)), table.filter(pa.array(rounds_col >= r))
+            q_all, c_all, y_all = answered_pairs(before)
             pos, neg = split_pairs(q_all, c_all, y_all)
             metric = fit_metric(job.dral.metric, features, pos, neg)
             strategy.begin_round(RoundContext(r, features, metric, pos, neg))
-            if strategy.asks_questions and oracle.remaining:
-                queries = order[sl]
-                cands = nearest_candidates_all(features, metric, queries, job.dral.ns)
-                it = tqdm(range(len(queries)), desc=f"round {r} queries", leave=False, disable=None) \
-                    if self.progress else range(len(queries))
+            asker = oracle
+            if pending.num_rows:  # the round was interrupted: replay it
+                asker = ReplayingOracle(oracle, list(zip(*answered_pairs(pending))))
+                result.resumed_from_round = r
+            if strategy.asks_questions and asker.remaining:
                 try:
-                    for i in it:
-                        q = int(queries[i])
-                        known = {a: y for a, c in enumerate(cands[i]) if (y := oracle.known(q, int(c))) is not None}
-                        run_episode(env, strategy, q, cands[i], features, metric, known, answer, r)
+                    self.ask_round(r, order[sl], features, metric, strategy, asker)
                 except BudgetExhausted:
                     log.info("annotation budget of %d questions spent in round %d", budget, r)
+            if isinstance(asker, ReplayingOracle):
+                if asker.pending:
+                    raise ResumeDiverged(f"round {r} ended with {len(asker.pending)} logged answers not "
+                                         "replayed; was the config or code changed between the runs?")
+                result.replayed_answers += asker.replayed
             answer_log.flush()
             ft_seconds = 0.0
             if strategy.finetune != "none":
-                q_all, c_all, y_all = answered_pairs(answer_log.read())
-                stats = finetune(model, pool, job.finetune, height=job.data.height, width=job.data.width,
-                                 precision=ft_precision, mode=strategy.finetune, seed=job.seed + r,
-                                 queries=q_all, candidates=c_all, answers=y_all, pool_labels=pids)
+                stats = self.finetune(model, pool, strategy.finetune, r, answer_log.read(), pids)
                 ft_seconds = stats.seconds
                 features = self.embed(model, pool, "pool")  # the new CNN re-initialises the states
             metrics = self.evaluate(model, splits)
             result.rounds.append(self._row(r, oracle.used, metrics, start, ft_seconds))
             log.info("round %d: %d answers  %s", r, oracle.used,
                      format_metrics({job.strategy: metrics}).splitlines()[1])
-            save_checkpoint(self.out / "model.pt", model, extra={"round": r, "answers": oracle.used, **metrics})
-            self._save_strategy(strategy)
-            self._write_rounds(result.rounds)
+            self._save_state(r, model, strategy, result, oracle.used)
+            answer_log.compact()
         answer_log.close()
         result.answers = oracle.used
         self._write_summary(result, splits, len(pool), len(order), budget)
         return result
 
-    # ---- outputs
+    # ---- checkpoints and outputs
+    def _save_state(self, r: int, model, strategy: Strategy, result: LoopResult, answers: int) -> None:
+        """Round r's checkpoint: model, strategy, metrics — then the marker that makes it count."""
+        save_checkpoint(self.out / "model.pt", model, extra={"round": r, "answers": answers,
+                                                             **{k: result.rounds[-1][k] for k in METRIC_KEYS}})
+        tmp = self.out / "strategy.pt.tmp"
+        torch.save(strategy.state_dict(), tmp)
+        tmp.replace(self.out / "strategy.pt")
+        tmp = self.out / "rounds.parquet.tmp"
+        pq.write_table(pa.Table.from_pylist(result.rounds), tmp)
+        tmp.replace(self.out / "rounds.parquet")
+        tmp = self.out / "state.json.tmp"
+        tmp.write_text(json.dumps({"completed_round": r, "answers": answers}))
+        tmp.replace(self.out / "state.json")
+
+    def _load_state(self, model, strategy: Strategy, result: LoopResult) -> int:
+        """Restore the last completed round's checkpoint; returns its number (0: fresh start)."""
+        state_path = self.out / "state.json"
+        if not state_path.exists():
+            return 0
+        try:
+            state = json.loads(state_path.read_text())
+            r = int(state["completed_round"])
+            trained, _ = load_checkpoint(self.out / "model.pt")
+            model.load_state_dict(trained.state_dict())
+            strategy.load_state_dict(torch.load(self.out / "strategy.pt", weights_only=True))
+            result.rounds = pq.read_table(self.out / "rounds.parquet").to_pylist()
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"{self.out}: cannot resume from round checkpoint ({exc}); "
+                             "move the folder away to start afresh (the answer log is kept in answers/)") from exc
+        log.info("resuming %s after round %d (%d answers logged)", self.out, r, state.get("answers", -1))
+        return r
+
     def _row(self, r: int, answers: int, metrics: dict, start: float, ft_seconds: float) -> dict:
         return {"round": r, "answers": answers, "strategy": self.job.strategy, "seed": self.job.seed,
                 **{k: float(v) for k, v in metrics.items()}, "finetune_seconds": round(ft_seconds, 2),
                 "elapsed_seconds": round(time.perf_counter() - start, 2)}
-
-    def _save_strategy(self, strategy: Strategy) -> None:
-        tmp = self.out / "strategy.pt.tmp"
-        torch.save(strategy.state_dict(), tmp)
-        tmp.replace(self.out / "strategy.pt")
-
-    def _write_rounds(self, rows: list[dict]) -> None:
-        tmp = self.out / "rounds.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        tmp.replace(self.out / "rounds.parquet")
 
     def _write_summary(self, result: LoopResult, splits: ReidSplits, pool: int, queries: int, budget: int) -> None:
         first, last = result.rounds[0], result.rounds[-1]
         summary = {"strategy": self.job.strategy, "dataset": splits.name, "seed": self.job.seed,
                    "pool_images": pool, "queries": queries, "budget": budget, "answers": result.answers,
                    "annotation_fraction_of_all_pairs": result.answers / max(pool * (pool - 1) / 2, 1),
-                   "initial": {k: first[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")},
-                   "final": {k: last[k] for k in ("rank1", "rank5", "rank10", "mAP", "mINP")},
+                   "initial": {k: first[k] for k in METRIC_KEYS}, "final": {k: last[k] for k in METRIC_KEYS},
                    "config": to_dict(self.job)}
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        tmp = self.out / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(self.out / "summary.json")
         plot_curve(result.rounds, self.out / "curve.png", title=f"{self.job.strategy} on {splits.name}")
+
+
+METRIC_KEYS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 
 def plot_curve(rows: list[dict], path: Path, title: str = "") -> None:

@@ -14,11 +14,12 @@ from .schema import (
     OracleConfig,
     FinetuneConfig,
     LoopJob,
+    RayConfig,
     STRATEGIES,
 )
 
 __all__ = [
     "ConfigError", "apply_overrides", "from_dict", "load_config", "save_config", "to_dict",
     "BACKBONES", "DATASETS", "DataConfig", "EvalConfig", "EvaluateJob", "ModelConfig",
-    "PretrainJob", "SyntheticConfig", "TrainConfig", "DralConfig", "OracleConfig", "FinetuneConfig", "LoopJob", "STRATEGIES",
+    "PretrainJob", "SyntheticConfig", "TrainConfig", "DralConfig", "OracleConfig", "FinetuneConfig", "LoopJob", "RayConfig", "STRATEGIES",
 ]

@@ -210,6 +210,26 @@ class FinetuneConfig:
 
 
 @dataclass
+class RayConfig:
+    """How the loop uses a Ray cluster (trainers/ and services/; the core never imports ray)."""
+
+    address: Optional[str] = None  # None: $RAY_ADDRESS / the cluster a `ray job submit` runs on, else a local Ray
+    env_workers: int = 2  # environment-worker actors stepping query episodes in parallel
+    train_workers: int = 1  # Ray Train workers (DDP) for pre-training and fine-tuning
+    use_gpu: bool = False
+    cpus_per_train_worker: float = 1.0
+    storage_path: str = "runs/ray"  # Ray Train checkpoints; made absolute; a pyarrow filesystem URI works too
+    max_failures: int = 2  # Ray Train FailureConfig: restarts from the last checkpoint
+    actor_max_restarts: int = -1  # agent / labelling-service actors (-1: always restart)
+
+    def __post_init__(self) -> None:
+        _check(self.env_workers >= 1, "env_workers", self.env_workers, "must be >= 1")
+        _check(self.train_workers >= 1, "train_workers", self.train_workers, "must be >= 1")
+        _check(self.cpus_per_train_worker >= 0, "cpus_per_train_worker", self.cpus_per_train_worker, "must be >= 0")
+        _check(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= -1")
+
+
+@dataclass
 class LoopJob:
     """The active-learning loop (Algorithm 1): pre-train, then ask, fine-tune, re-embed, per round."""
 
@@ -225,6 +245,7 @@ class LoopJob:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     max_queries: Optional[int] = None  # browse only this many queries (None: every pool image once)
     output_dir: str = "runs/loop"
     seed: int = 0

@@ -45,7 +45,7 @@ from PIL import Image
 from reidloop.config.schema import SyntheticConfig
 from reidloop.data.records import DatasetError, ImageRecord, ReidSplits
 
-GENERATOR_VERSION = 1  # bump when the image model changes: old caches are then not reused
+GENERATOR_VERSION = 2  # bump when the image model changes: old caches are then not reused
 SUBDIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 _CHUNK = 1024  # images rendered at once (bounds memory for large configs)
 
@@ -118,25 +118,32 @@ class _Cameras:
     blur: np.ndarray  # (C,) bool: 3x3 box blur
 
 
+def _tinted(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 3) background colours: a grey level plus a moderate colour tint."""
+    return np.clip(rng.uniform(0.25, 0.75, (n, 1)) + rng.uniform(-0.15, 0.15, (n, 3)), 0.0, 1.0)
+
+
 def _cameras(n: int, rng: np.random.Generator) -> _Cameras:
     """Draw ``n`` cameras; gains and viewpoints are spread evenly, then shuffled."""
     return _Cameras(
-        gain=rng.permutation(np.linspace(0.7, 1.2, n)), cast=rng.uniform(0.75, 1.25, (n, 3)),
-        light=rng.uniform(-0.3, 0.3, n), bg=rng.uniform(0.15, 0.85, (n, 3)), floor=rng.uniform(0.15, 0.85, (n, 3)),
+        gain=rng.permutation(np.linspace(0.75, 1.15, n)), cast=rng.uniform(0.8, 1.2, (n, 3)),
+        light=rng.uniform(-0.3, 0.3, n), bg=_tinted(rng, n), floor=_tinted(rng, n),
         tex_freq=rng.uniform(1.0, 4.0, (n, 2)) * rng.choice([-1.0, 1.0], (n, 2)), tex_amp=rng.uniform(0.04, 0.12, n),
-        scale=rng.permutation(np.linspace(0.93, 0.68, n)), bottom=rng.uniform(0.9, 0.99, n),
+        scale=rng.permutation(np.linspace(0.92, 0.72, n)), bottom=rng.uniform(0.9, 0.99, n),
         blur=rng.permutation(np.arange(n) % 2 == 1))
 
 
 @dataclass
-class _Layout:
+class SyntheticLayout:
+    """Who is in which image: one entry per image, in file-index order."""
+
     pid: np.ndarray  # (N,) person id (1-based)
     cam: np.ndarray  # (N,) 0-based camera
     split: np.ndarray  # (N,) "train" / "query" / "gallery"
     names: list[str]
 
 
-def _layout(cfg: SyntheticConfig, rng: np.random.Generator) -> _Layout:
+def _layout(cfg: SyntheticConfig, rng: np.random.Generator) -> SyntheticLayout:
     """Every id has ``images_per_camera`` images in each camera; test ids give one query per camera
     (chosen by ``rng``), the rest is gallery. With one image per camera, one camera per test id is query."""
     n_ids, c, k = cfg.train_ids + cfg.test_ids, cfg.cameras, cfg.images_per_camera
@@ -150,7 +157,7 @@ def _layout(cfg: SyntheticConfig, rng: np.random.Generator) -> _Layout:
         is_query = cam == rng.integers(0, c, n_ids)[pid - 1]
     split = np.where(pid <= cfg.train_ids, "train", np.where(is_query, "query", "gallery"))
     names = [f"{p:04d}_c{q + 1}_{i:04d}.png" for i, (p, q) in enumerate(zip(pid.tolist(), cam.tolist()))]
-    return _Layout(pid=pid, cam=cam, split=split, names=names)
+    return SyntheticLayout(pid=pid, cam=cam, split=split, names=names)
 
 
 def _image_params(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -235,9 +242,10 @@ def _render(ids: _Identities, cams: _Cameras, pid_idx: np.ndarray, cam: np.ndarr
     # colours: per-image table (B, 12, 3) looked up by label; background = gradient x texture
     table = np.zeros((b, 12, 3), dtype=f32)
     table[:, _CLUTTER0], table[:, _CLUTTER1] = p["clutter_col"][:, 0], p["clutter_col"][:, 1]
-    table[:, _LEGS_L], table[:, _LEG_SKIN], table[:, _SHOES_L] = ids.legs[pid_idx], ids.skin[pid_idx], ids.shoes[pid_idx]
-    table[:, _TOP_L], table[:, _ACCENT_L], table[:, _SKIN_L] = ids.top[pid_idx], ids.accent[pid_idx], ids.skin[pid_idx]
-    table[:, _HAIR_L], table[:, _BAG_L], table[:, _OCC] = ids.hair[pid_idx], ids.bag_col[pid_idx], p["occ_col"]
+    for lab, colours in ((_LEGS_L, ids.legs), (_LEG_SKIN, ids.skin), (_SHOES_L, ids.shoes), (_TOP_L, ids.top),
+                         (_ACCENT_L, ids.accent), (_SKIN_L, ids.skin), (_HAIR_L, ids.hair), (_BAG_L, ids.bag_col)):
+        table[:, lab] = colours[pid_idx]
+    table[:, _OCC] = p["occ_col"]
     img = table[np.arange(b)[:, None, None], label]
     t = y[..., None]
     bg = (1 - t) * cams.bg[cam][:, None, None, :].astype(f32) + t * cams.floor[cam][:, None, None, :].astype(f32)
@@ -256,19 +264,24 @@ def _render(ids: _Identities, cams: _Cameras, pid_idx: np.ndarray, cam: np.ndarr
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def render_synthetic(cfg: SyntheticConfig) -> tuple[np.ndarray, _Layout]:
+def _streams(seed: int) -> dict[str, np.random.Generator]:
+    """Independent generators per aspect, so e.g. the layout can be rebuilt without rendering."""
+    names = ("ids", "cameras", "layout", "images", "noise")
+    return dict(zip(names, map(np.random.default_rng, np.random.SeedSequence(seed).spawn(len(names)))))
+
+
+def render_synthetic(cfg: SyntheticConfig) -> tuple[np.ndarray, SyntheticLayout]:
     """All images of ``cfg`` as uint8 (N, H, W, 3) plus their layout; deterministic for ``cfg.seed``."""
-    s_ids, s_cams, s_layout, s_imgs, s_noise = (np.random.default_rng(s)
-                                                for s in np.random.SeedSequence(cfg.seed).spawn(5))
-    ids = _identities(cfg.train_ids + cfg.test_ids, s_ids)
-    cams = _cameras(cfg.cameras, s_cams)
-    layout = _layout(cfg, s_layout)
-    params = _image_params(len(layout.pid), s_imgs)
+    rng = _streams(cfg.seed)
+    ids = _identities(cfg.train_ids + cfg.test_ids, rng["ids"])
+    cams = _cameras(cfg.cameras, rng["cameras"])
+    layout = _layout(cfg, rng["layout"])
+    params = _image_params(len(layout.pid), rng["images"])
     out = np.empty((len(layout.pid), cfg.height, cfg.width, 3), dtype=np.uint8)
     for lo in range(0, len(out), _CHUNK):
         sl = slice(lo, lo + _CHUNK)
         out[sl] = _render(ids, cams, layout.pid[sl] - 1, layout.cam[sl], {k: a[sl] for k, a in params.items()},
-                          cfg.height, cfg.width, s_noise)
+                          cfg.height, cfg.width, rng["noise"])
     return out, layout
 
 
@@ -278,7 +291,7 @@ def config_hash(cfg: SyntheticConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _complete(folder: str, layout: _Layout) -> bool:
+def _complete(folder: str, layout: SyntheticLayout) -> bool:
     if not os.path.isfile(os.path.join(folder, "DONE")):
         return False
     present = {s: set(os.listdir(os.path.join(folder, d))) if os.path.isdir(os.path.join(folder, d)) else set()
@@ -308,7 +321,7 @@ def synthetic_splits(cfg: SyntheticConfig, cache_dir: str | None = None) -> Reid
         raise TypeError(f"synthetic_splits: cfg must be a SyntheticConfig, got {type(cfg).__name__}")
     root = os.path.abspath(cache_dir if cache_dir is not None else ".cache")
     folder = os.path.join(root, f"synthetic-{config_hash(cfg)}")
-    layout = _layout(cfg, np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(5)[2]))
+    layout = _layout(cfg, _streams(cfg.seed)["layout"])
     generated = False
     if not _complete(folder, layout):
         tmp = os.path.join(root, f".{os.path.basename(folder)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")

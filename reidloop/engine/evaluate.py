@@ -24,7 +24,7 @@ def evaluate_features(qf: np.ndarray, gf: np.ndarray, query: Sequence[ImageRecor
     if cfg.rerank:
         qg = k_reciprocal_rerank(qg, pairwise_distance(qf, qf), pairwise_distance(gf, gf),
                                  k1=cfg.rerank_k1, k2=cfg.rerank_k2, lambda_value=cfg.rerank_lambda)
-    result = evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=min(cfg.max_rank, len(gallery)))
+    result = evaluate_rank(qg, q_pids, g_pids, q_cams, g_cams, max_rank=max(cfg.max_rank, 10))
     return result.as_dict()
 
 

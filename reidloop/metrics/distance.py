@@ -18,6 +18,16 @@ def _is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
+def as_numpy(x: Any, name: str) -> np.ndarray:
+    """``x`` as a numpy array (torch tensors are detached and moved to CPU); ``name`` is used in errors."""
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
+
+
 def normalize(x: Any, axis: int = -1, eps: float = 1e-12) -> Any:
     """L2-normalise ``x`` along ``axis`` (numpy array or torch tensor; same type back).
 

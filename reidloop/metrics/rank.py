@@ -23,26 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from reidloop.metrics.distance import as_numpy
+
 JUNK_PID = -1
 _CHUNK_ELEMENTS = 1 << 23  # ~8M (query, gallery) cells per chunk
 
 
-def _as_numpy(x: Any, name: str) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu().numpy()
-    try:
-        return np.asarray(x)
-    except Exception as exc:
-        raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
-
-
-def _as_ids(x: Any, name: str, length: int | None) -> np.ndarray:
-    arr = _as_numpy(x, name)
+def _as_ids(x: Any, name: str, length: int) -> np.ndarray:
+    arr = as_numpy(x, name)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    if length is not None and arr.shape[0] != length:
+    if arr.shape[0] != length:
         raise ValueError(f"{name} has length {arr.shape[0]}, expected {length} to match the distance matrix")
     return arr.astype(np.int64, copy=False)
 
@@ -109,7 +102,7 @@ def evaluate_rank(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camid
     reachable value (every valid query has its first hit by then). Raises ``ValueError`` when no query has a
     valid match. Works in query chunks of ~8M cells, so memory stays bounded for large galleries.
     """
-    dist = _as_numpy(distmat, "distmat")
+    dist = as_numpy(distmat, "distmat")
     if dist.ndim != 2:
         raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {dist.shape}")
     if not np.issubdtype(dist.dtype, np.number):

@@ -3,17 +3,20 @@ Encoding"), numpy only, with a sparse encoding matrix instead of the reference c
 
 Over the joint set of N = Q + G images, with ``d`` the squared input distance divided by its row maximum:
 
-* Eq. 4:  R(p, k) = {g in N(p, k) : p in N(g, k)}, N(p, k) the k+1 nearest neighbours of p (p included);
-* Eq. 6:  R*(p, k1) = R(p, k1) U R(q, k1/2) for every q in R(p, k1) with |R(p, k1) & R(q, k1/2)| > 2/3 |R(q, k1/2)|;
-* Eq. 7:  V[p, g] = exp(-d(p, g)) / sum_{g' in R*(p, k1)} exp(-d(p, g')) for g in R*(p, k1), else 0;
-* Sec. 3.3 local query expansion: V[p] <- mean of V[g] over the k2 nearest neighbours g of p;
-* Eq. 10/11:  d_J(p, g) = 1 - sum_j min(V[p,j], V[g,j]) / sum_j max(V[p,j], V[g,j]);
-* Eq. 12: d*(p, g) = (1 - lambda) d_J(p, g) + lambda d(p, g).
+* k-reciprocal neighbours: R(p, k) = {g in N(p, k) : p in N(g, k)}, N(p, k) the k+1 nearest neighbours of p
+  (p included);
+* robust expansion: R*(p, k1) = R(p, k1) U R(q, k1/2) for every q in R(p, k1) with
+  |R(p, k1) & R(q, k1/2)| > 2/3 |R(q, k1/2)|;
+* Jaccard distance with Gaussian-weighted encoding: V[p, g] = exp(-d(p, g)) / sum_{g' in R*} exp(-d(p, g'))
+  for g in R*(p, k1), else 0; d_J(p, g) = 1 - sum_j min(V[p,j], V[g,j]) / sum_j max(V[p,j], V[g,j]);
+* local query expansion: V[p] <- mean of V[g] over the k2 nearest neighbours g of p (before d_J);
+* final distance: d*(p, g) = (1 - lambda) d_J(p, g) + lambda d(p, g).
 
 This reproduces the authors' Python reference (also used by torchreid and fast-reid) up to float round-off,
 including its ``round(k1/2)`` and squaring of the input (pass plain Euclidean distances). Neighbour ties are
-broken by index. Because ``d`` is row-normalised, ``lambda_value=1`` returns ``q_g_dist**2 / rowmax``, a
-per-query monotone rescaling with the same ranking as ``q_g_dist``.
+broken by index. Because ``d`` is row-normalised, ``lambda_value=1`` returns ``q_g_dist**2`` divided by each
+query's maximum squared distance to all Q + G images: a per-query monotone rescaling, same ranking as
+``q_g_dist``.
 """
 from __future__ import annotations
 
@@ -21,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from reidloop.metrics.distance import pairwise_distance
-from reidloop.metrics.rank import _as_numpy
+from reidloop.metrics.distance import as_numpy, pairwise_distance
 
 _CHUNK_ELEMENTS = 1 << 23
 
@@ -35,13 +37,14 @@ class _JointDistance:
         self.num_q = q_q.shape[0]
         self.n = self.num_q + g_g.shape[0]
         row_max = np.empty(self.n, dtype=np.float32)
-        for s, e in self.chunks(self.n):
+        for s, e in self.chunks():
             row_max[s:e] = self.rows(s, e, normalized=False).max(axis=1, initial=0.0)
         self.row_max = np.where(row_max > 0, row_max, 1.0).astype(np.float32)
 
-    def chunks(self, n: int) -> list[tuple[int, int]]:
-        step = max(1, _CHUNK_ELEMENTS // max(self.n, 1))
-        return [(s, min(s + step, n)) for s in range(0, n, step)]
+    def chunks(self) -> list[tuple[int, int]]:
+        """Row ranges holding about ``_CHUNK_ELEMENTS`` cells each."""
+        step = max(1, _CHUNK_ELEMENTS // self.n)
+        return [(s, min(s + step, self.n)) for s in range(0, self.n, step)]
 
     def rows(self, start: int, stop: int, normalized: bool = True) -> np.ndarray:
         """Rows ``start:stop`` of the joint squared (and, by default, row-normalised) distance matrix."""
@@ -78,7 +81,7 @@ def _stable_topk(block: np.ndarray, k: int) -> np.ndarray:
 
 
 def _reciprocal_sets(rank: np.ndarray, k: int) -> np.ndarray:
-    """Eq. 4: R(p, k) as an (N, k+1) array of indices padded with -1."""
+    """R(p, k) as an (N, k+1) array of indices padded with -1."""
     n = rank.shape[0]
     fwd = rank[:, :k + 1]
     out = np.full_like(fwd, -1)
@@ -92,7 +95,7 @@ def _reciprocal_sets(rank: np.ndarray, k: int) -> np.ndarray:
 
 
 def _expanded_sets(r_full: np.ndarray, r_half: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 6: R*(p, k1) as flat (row, col) pairs, unique and sorted by (row, col)."""
+    """R*(p, k1) as flat (row, col) pairs, unique and sorted by (row, col)."""
     n, w = r_full.shape
     h = r_half.shape[1]
     rows_out, cols_out = [], []
@@ -142,7 +145,7 @@ def _segment_indices(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def _query_expansion(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, nbrs: np.ndarray,
                      n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sec. 3.3: V[p] <- mean of V[g] over g in ``nbrs[p]`` (sparse rows in CSR order)."""
+    """Local query expansion: V[p] <- mean of V[g] over g in ``nbrs[p]`` (sparse rows in CSR order)."""
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
     k2 = nbrs.shape[1]
     src = nbrs.ravel()
@@ -156,7 +159,7 @@ def _query_expansion(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, nbrs:
 
 def _jaccard_query_gallery(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, num_q: int,
                            n: int) -> np.ndarray:
-    """Eq. 10/11 for query rows against gallery rows of V, via an inverted index over V's columns."""
+    """Jaccard distance d_J for query rows against gallery rows of V, via an inverted index over V's columns."""
     gal = rows >= num_q
     g_rows, g_cols, g_vals = rows[gal] - num_q, cols[gal], vals[gal]
     order = np.argsort(g_cols, kind="stable")
@@ -182,7 +185,7 @@ def _jaccard_query_gallery(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray,
 
 
 def _check_dist(x: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
-    arr = _as_numpy(x, name)
+    arr = as_numpy(x, name)
     if arr.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
@@ -196,14 +199,14 @@ def _check_dist(x: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
 
 def k_reciprocal_rerank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int = 6,
                         lambda_value: float = 0.3) -> np.ndarray:
-    """Re-ranked (Q, G) float32 distance matrix d* (Eq. 12) from Euclidean q-g, q-q and g-g distances.
+    """Re-ranked (Q, G) float32 distance matrix d* (final distance) from Euclidean q-g, q-q and g-g distances.
 
-    ``k1``: size of the k-reciprocal neighbourhood (Eq. 6); ``k2``: neighbours averaged in local query
+    ``k1``: size of the k-reciprocal neighbourhood; ``k2``: neighbours averaged in local query
     expansion (``k2=1`` disables it); ``lambda_value`` in [0, 1] weighs the original distance.
     The q-q and g-g matrices are assumed symmetric with zero diagonal. Memory is O(N (k1 + k2 k1^2)) for the
     encoding plus O(Q G) for the output; the reference code's dense N x N matrices are never formed.
     """
-    qg = _as_numpy(q_g_dist, "q_g_dist")
+    qg = as_numpy(q_g_dist, "q_g_dist")
     if qg.ndim != 2:
         raise ValueError(f"q_g_dist must be 2-D (num_query, num_gallery), got shape {qg.shape}")
     num_q, num_g = qg.shape
@@ -224,7 +227,7 @@ def k_reciprocal_rerank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 2
     k_half = min(int(round(k1 / 2.0)), n - 1)
     k_top = min(max(k_full + 1, k2), n)
     initial_rank = np.empty((n, k_top), dtype=np.int64)
-    for s, e in joint.chunks(n):
+    for s, e in joint.chunks():
         initial_rank[s:e] = _stable_topk(joint.rows(s, e), k_top)
 
     rows, cols = _expanded_sets(_reciprocal_sets(initial_rank, k_full), _reciprocal_sets(initial_rank, k_half))
@@ -239,7 +242,7 @@ def k_reciprocal_rerank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 2
 
 def rerank_from_features(qf: Any, gf: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
     """:func:`k_reciprocal_rerank` on Euclidean distances between query ``qf`` and gallery ``gf`` features."""
-    qf = _as_numpy(qf, "qf").astype(np.float32, copy=False)
-    gf = _as_numpy(gf, "gf").astype(np.float32, copy=False)
+    qf = as_numpy(qf, "qf").astype(np.float32, copy=False)
+    gf = as_numpy(gf, "gf").astype(np.float32, copy=False)
     return k_reciprocal_rerank(pairwise_distance(qf, gf), pairwise_distance(qf, qf), pairwise_distance(gf, gf),
                                k1=k1, k2=k2, lambda_value=lambda_value)

@@ -1,0 +1,173 @@
+"""The searchable gallery: ids with optional person id and camera, their images and embeddings.
+
+A :class:`GalleryIndex` is a *snapshot*: ``add`` / ``remove`` / ``with_features`` return a new index
+and never change what an existing one returns, so a search running on one snapshot is unaffected
+by concurrent mutations or a model swap. Adds are amortised O(batch): embeddings live in a growing
+buffer and a snapshot only reads its own first ``size`` rows, which later adds never overwrite.
+
+Search ranks the gallery by the distance the offline evaluation uses (DRAL Sec. 4: Euclidean
+distance between embeddings; cosine optional) and returns the ``k`` nearest, nearest first.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..metrics.distance import pairwise_distance
+from .errors import ServingError
+
+GALLERY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@dataclass(frozen=True)
+class GalleryEntry:
+    gallery_id: str
+    person_id: Optional[int] = None
+    camera: Optional[int] = None
+
+
+def _optional_int(value: Any, field: str) -> Optional[int]:
+    if value is None or (isinstance(value, str) and value.strip() in ("", "null")):
+        return None
+    if isinstance(value, bool):
+        raise ServingError(422, f"{field}: expected an integer or null, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ServingError(422, f"{field}: expected an integer or null, got {value!r}")
+
+
+def make_entry(gallery_id: Any = None, person_id: Any = None, camera: Any = None, where: str = "") -> GalleryEntry:
+    """Validate client-supplied metadata (422 on bad values); a missing ``gallery_id`` gets a fresh one."""
+    prefix = f"{where}." if where else ""
+    if gallery_id is None or gallery_id == "":
+        gallery_id = uuid.uuid4().hex[:16]
+    elif not isinstance(gallery_id, str) or not GALLERY_ID.fullmatch(gallery_id):
+        raise ServingError(422, f"{prefix}gallery_id: {gallery_id!r} must be 1-128 characters of "
+                                "letters, digits and ._:- starting with a letter or digit")
+    return GalleryEntry(gallery_id, _optional_int(person_id, f"{prefix}person_id"),
+                        _optional_int(camera, f"{prefix}camera"))
+
+
+class GalleryIndex:
+    """Immutable view of the gallery; see the module docstring."""
+
+    def __init__(self, entries: tuple[GalleryEntry, ...], images: tuple[Any, ...], buffer: np.ndarray,
+                 positions: dict[str, int]) -> None:
+        self._entries, self._images, self._buffer, self._positions = entries, images, buffer, positions
+
+    @classmethod
+    def empty(cls, dim: int) -> "GalleryIndex":
+        return cls((), (), np.empty((0, dim), np.float32), {})
+
+    @property
+    def size(self) -> int:
+        return len(self._entries)
+
+    @property
+    def dim(self) -> int:
+        return self._buffer.shape[1]
+
+    @property
+    def entries(self) -> tuple[GalleryEntry, ...]:
+        return self._entries
+
+    @property
+    def images(self) -> tuple[Any, ...]:
+        """The stored model inputs (whatever the caller added: here uint8 image tensors), in order."""
+        return self._images
+
+    @property
+    def features(self) -> np.ndarray:
+        view = self._buffer[: self.size]
+        view.flags.writeable = False
+        return view
+
+    def __contains__(self, gallery_id: str) -> bool:
+        return gallery_id in self._positions
+
+    def add(self, entries: Sequence[GalleryEntry], images: Sequence[Any], features: np.ndarray,
+            max_size: Optional[int] = None) -> "GalleryIndex":
+        """A new index with ``entries`` appended (409 on a duplicate id, 507 beyond ``max_size``)."""
+        features = np.asarray(features, dtype=np.float32)
+        if not (len(entries) == len(images) == features.shape[0]) or features.ndim != 2:
+            raise ValueError(f"add: {len(entries)} entries, {len(images)} images and features of shape "
+                             f"{features.shape} do not match")
+        if features.shape[1] != self.dim:
+            raise ValueError(f"add: features have dim {features.shape[1]}, the index has {self.dim}")
+        ids = [e.gallery_id for e in entries]
+        taken = sorted({i for i, c in Counter(ids).items() if c > 1 or i in self._positions})
+        if taken:
+            raise ServingError(409, f"gallery_id already in use (or repeated in the request): {taken[:20]}")
+        n, m = self.size, len(entries)
+        if max_size is not None and n + m > max_size:
+            raise ServingError(507, f"gallery is full: {n} + {m} images exceed max_gallery_size={max_size}")
+        buffer = self._buffer
+        if n + m > buffer.shape[0]:
+            buffer = np.empty((max(2 * buffer.shape[0], n + m, 16), self.dim), np.float32)
+            buffer[:n] = self._buffer[:n]
+        buffer[n:n + m] = features  # rows no existing snapshot reads (each reads only its first `size`)
+        positions = dict(self._positions)
+        positions.update((gid, n + j) for j, gid in enumerate(ids))
+        return GalleryIndex(self._entries + tuple(entries), self._images + tuple(images), buffer, positions)
+
+    def remove(self, gallery_ids: Sequence[str]) -> "GalleryIndex":
+        """A new index without ``gallery_ids``; 404 naming the unknown ones (then nothing is removed)."""
+        unknown = sorted({g for g in gallery_ids if g not in self._positions})
+        if unknown:
+            raise ServingError(404, f"unknown gallery_id: {unknown[:20]}"
+                                    f"{f' (+{len(unknown) - 20} more)' if len(unknown) > 20 else ''}")
+        drop = np.zeros(self.size, bool)
+        drop[[self._positions[g] for g in gallery_ids]] = True
+        keep = np.flatnonzero(~drop)
+        entries = tuple(self._entries[i] for i in keep)
+        return GalleryIndex(entries, tuple(self._images[i] for i in keep), self._buffer[keep],
+                            {e.gallery_id: j for j, e in enumerate(entries)})
+
+    def with_features(self, features: np.ndarray) -> "GalleryIndex":
+        """The same entries with new embeddings (after a model swap; the dimension may change)."""
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[0] != self.size:
+            raise ValueError(f"with_features: expected ({self.size}, D) features, got {features.shape}")
+        return GalleryIndex(self._entries, self._images, features, self._positions)
+
+    def search(self, queries: np.ndarray, k: int | Sequence[int], metric: str = "euclidean") -> list[list[dict]]:
+        """The ``k`` nearest entries of each query row, nearest first (``k`` per query or one for all).
+
+        Each match: ``gallery_id``, ``person_id``, ``camera`` (None when unknown), ``distance`` and
+        ``score = 1 / (1 + distance)`` (in (0, 1], higher is more similar). Ties keep insertion order.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        ks = [k] * queries.shape[0] if isinstance(k, int) else list(k)
+        if len(ks) != queries.shape[0]:
+            raise ValueError(f"search: {queries.shape[0]} queries but {len(ks)} values of k")
+        if self.size == 0:
+            return [[] for _ in ks]
+        dist = pairwise_distance(queries, self.features, metric)
+        top = min(max(ks), self.size)
+        if top < self.size:
+            cand = np.argpartition(dist, top - 1, axis=1)[:, :top]
+        else:
+            cand = np.broadcast_to(np.arange(self.size), dist.shape)
+        cand_d = np.take_along_axis(dist, cand, axis=1)
+        order = np.lexsort((cand, cand_d), axis=1)  # by distance, then by position
+        best = np.take_along_axis(cand, order, axis=1)
+        best_d = np.take_along_axis(cand_d, order, axis=1)
+        out = []
+        for row, row_d, kq in zip(best, best_d, ks):
+            matches = []
+            for i, d in zip(row[:kq].tolist(), row_d[:kq].tolist()):
+                e = self._entries[i]
+                matches.append({"gallery_id": e.gallery_id, "person_id": e.person_id, "camera": e.camera,
+                                "distance": d, "score": 1.0 / (1.0 + d)})
+            out.append(matches)
+        return out

@@ -1,0 +1,359 @@
+"""The Re-ID model over HTTP: a Ray Serve application with a FastAPI ingress (OpenAPI docs at /docs).
+
+Three deployments compose the Ray-free core of ``reidloop.serving``:
+
+* ``ReidApi`` (ingress, stateless, scalable): reads the body up to ``max_body_bytes``, parses the
+  upload, decodes and resizes the images (pixel limit), and maps every ``ServingError`` to a 4xx
+  JSON ``{"error": "..."}``.
+* ``Embedder`` (scalable: ``num_replicas`` or ``autoscaling``): ``POST /embed``, batched with
+  ``@serve.batch``; each replica follows the checkpoint on its own.
+* ``Gallery`` (one replica: it holds the index): ``/search`` (batched) and gallery maintenance,
+  with its own copy of the model so that a swap re-embeds the gallery before the new model
+  answers any search (see ``reidloop.serving.service``).
+
+Both model deployments reload when the followed checkpoint changes (a watcher thread polling every
+``watch_interval_s``) or when Serve calls ``reconfigure(user_config)`` with ``{"checkpoint": path}``.
+
+    serve run services.serve_app:build_app config=tune_configs/serve.yaml checkpoint=runs/synthetic
+    serve deploy tune_configs/serve_deploy.yaml
+    python -m trainers.serve --config tune_configs/serve.yaml        # the one command
+"""
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reidloop.config import from_dict, load_config, to_dict
+from reidloop.config.serve import ServeConfig
+from reidloop.serving import (InputTransform, ReidService, ServingError, make_entry, parse_id_list, parse_k,
+                              parse_meta, parse_upload)
+
+log = logging.getLogger("reidloop.serve")
+USER_CONFIG_KEYS = ("checkpoint", "watch_interval_s")
+
+
+# ---------------------------------------------------------------- OpenAPI description
+class ErrorBody(BaseModel):
+    error: str
+
+
+class EmbedBody(BaseModel):
+    embedding: list[float]
+    dim: int
+    model_version: str
+
+
+class Match(BaseModel):
+    gallery_id: str
+    person_id: Optional[int]
+    camera: Optional[int]
+    distance: float
+    score: float
+
+
+class SearchBody(BaseModel):
+    matches: list[Match]
+    k: int
+    gallery_size: int
+    model_version: str
+
+
+class GalleryBody(BaseModel):
+    ids: list[str]
+    gallery_size: int
+    model_version: str
+
+
+ERROR_CASES = {
+    400: "empty, truncated or undecodable image; malformed multipart body",
+    404: "unknown gallery id",
+    409: "gallery id already in use",
+    413: "body larger than max_body_bytes, or image larger than max_pixels",
+    415: "content type is not an image type (nor multipart/form-data)",
+    422: "missing or unknown field, or a bad value",
+    507: "gallery full (max_gallery_size)",
+}
+
+
+def errors(*codes: int) -> dict:
+    """``responses=`` entries documenting the 4xx/5xx answers of an endpoint."""
+    return {c: {"model": ErrorBody, "description": ERROR_CASES[c]} for c in codes}
+
+
+def _image_body(fields: dict[str, dict], many: bool = False) -> dict:
+    """``openapi_extra`` for an endpoint reading an image upload from the raw request."""
+    image = {"type": "string", "format": "binary"}
+    props = {"image": {"type": "array", "items": image} if many else image, **fields}
+    content = {"multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": props}}}
+    if not many:
+        content["image/*"] = {"schema": image}
+    params = [{"name": n, "in": "query", "required": False, "schema": s, "description": "with a raw image/* body"}
+              for n, s in fields.items()] if not many else []
+    return {"requestBody": {"required": True, "content": content}, "parameters": params}
+
+
+OPTIONAL_INT = {"type": ["integer", "null"]}
+app = FastAPI(title="reidloop Re-ID service", version="1",
+              description="Embeddings and gallery search with the current Re-ID model (DRAL, ICCV 2019).")
+
+
+@app.exception_handler(ServingError)
+async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+    return JSONResponse({"error": getattr(exc, "message", str(exc))}, status_code=getattr(exc, "status", 400))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    why = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+    return JSONResponse({"error": why}, status_code=422)
+
+
+@app.exception_handler(Exception)
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
+# ---------------------------------------------------------------- model replicas
+class _ModelReplica:
+    """A ``ReidService`` that follows its checkpoint; model work runs off the replica's event loop."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = from_dict(ServeConfig, cfg)
+        self.service = ReidService(self.cfg)
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")  # forward passes, one at a time
+        self._admin_pool = ThreadPoolExecutor(1, thread_name_prefix="admin")  # add / remove / reload
+        self._interval = self.cfg.watch_interval_s
+        self._wake = threading.Event()
+        threading.Thread(target=self._watch, name="checkpoint-watcher", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            self._wake.wait(self._interval if self._interval > 0 else None)
+            self._wake.clear()
+            if self._interval > 0:
+                try:
+                    if self.service.reload():
+                        log.info("swapped to %s", self.service.version_info()["checkpoint"])
+                except Exception:  # reload records checkpoint errors itself; never let the watcher die
+                    log.exception("checkpoint watcher")
+
+    async def _run(self, pool: ThreadPoolExecutor, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Serve's user_config: ``{"checkpoint": file or folder, "watch_interval_s": seconds}`` (both optional)."""
+        unknown = sorted(set(user_config or {}) - set(USER_CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"user_config: unknown key {unknown[0]!r} (known: {', '.join(USER_CONFIG_KEYS)})")
+        interval = (user_config or {}).get("watch_interval_s")
+        if interval is not None:
+            if not isinstance(interval, (int, float)) or interval < 0:
+                raise ValueError(f"user_config.watch_interval_s: {interval!r} must be a number >= 0")
+            self._interval = float(interval)
+            self._wake.set()
+        await self._run(self._admin_pool, self.service.reload, (user_config or {}).get("checkpoint"))
+
+    def version(self) -> dict:
+        return {**self.service.version_info(), "gallery_size": self.service.state.index.size}
+
+    def _batching(self, handler) -> None:
+        handler.set_max_batch_size(self.cfg.max_batch_size)
+        handler.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+
+
+@serve.deployment(name="Embedder")
+class Embedder(_ModelReplica):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        self._batching(self._embed_batch)
+
+    def _embed_many(self, images: list[torch.Tensor]) -> list[dict]:
+        feats, version = self.service.embed(images)
+        return [{"embedding": f.tolist(), "dim": int(feats.shape[1]), "model_version": version} for f in feats]
+
+    async def embed(self, image: torch.Tensor) -> dict:
+        if self.cfg.batching:
+            return await self._embed_batch(image)
+        return (await self._run(self._model_pool, self._embed_many, [image]))[0]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _embed_batch(self, images: list[torch.Tensor]) -> list[dict]:
+        return await self._run(self._model_pool, self._embed_many, images)
+
+
+@serve.deployment(name="Gallery")
+class Gallery(_ModelReplica):
+    def __init__(self, cfg: dict) -> None:
+        super().__init__(cfg)
+        self._batching(self._search_batch)
+
+    def _search_many(self, queries: list[tuple[torch.Tensor, int]]) -> list[dict]:
+        results, version, size = self.service.search([q for q, _ in queries], [k for _, k in queries])
+        return [{"matches": m, "k": k, "gallery_size": size, "model_version": version}
+                for m, (_, k) in zip(results, queries)]
+
+    async def search(self, image: torch.Tensor, k: int) -> dict:
+        if self.cfg.batching:
+            return await self._search_batch((image, k))
+        return (await self._run(self._model_pool, self._search_many, [(image, k)]))[0]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _search_batch(self, queries: list[tuple[torch.Tensor, int]]) -> list[dict]:
+        return await self._run(self._model_pool, self._search_many, queries)
+
+    def _add(self, entries: list, images: list[torch.Tensor]) -> dict:
+        size = self.service.add(entries, images)
+        return {"ids": [e.gallery_id for e in entries], "gallery_size": size,
+                "model_version": self.service.state.model.version}
+
+    async def add(self, entries: list, images: list[torch.Tensor]) -> dict:
+        return await self._run(self._admin_pool, self._add, entries, images)
+
+    def _remove(self, gallery_ids: list[str]) -> dict:
+        size = self.service.remove(gallery_ids)
+        return {"removed": list(gallery_ids), "gallery_size": size, "model_version": self.service.state.model.version}
+
+    async def remove(self, gallery_ids: list[str]) -> dict:
+        return await self._run(self._admin_pool, self._remove, gallery_ids)
+
+
+# ---------------------------------------------------------------- HTTP ingress
+@serve.deployment(name="ReidApi")
+@serve.ingress(app)
+class ReidApi:
+    def __init__(self, embedder: DeploymentHandle, gallery: DeploymentHandle, cfg: dict) -> None:
+        self.cfg = from_dict(ServeConfig, cfg)
+        self.embedder, self.gallery = embedder, gallery
+        self.transform = InputTransform(self.cfg.height, self.cfg.width)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.cfg.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ServingError(413, f"body of {declared} bytes exceeds max_body_bytes={limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ServingError(413, f"body exceeds max_body_bytes={limit}")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _decode(self, files: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        return [self.transform(data, max_pixels=self.cfg.max_pixels, what=name) for name, data in files]
+
+    async def _upload(self, request: Request, fields: tuple[str, ...] = (), max_files: int = 1):
+        upload = parse_upload(await self._body(request), request.headers.get("content-type"),
+                              request.query_params, allowed_fields=fields, max_files=max_files)
+        return await asyncio.to_thread(self._decode, upload.files), upload.fields
+
+    @app.post("/embed", summary="Embedding of one image", responses={200: {"model": EmbedBody}, **errors(400, 413, 415, 422)},
+              openapi_extra=_image_body({}))
+    async def embed(self, request: Request) -> JSONResponse:
+        (image,), _ = await self._upload(request)
+        return JSONResponse(await self.embedder.embed.remote(image))
+
+    @app.post("/search", summary="Top-k gallery matches of a query image", responses={200: {"model": SearchBody},
+              **errors(400, 413, 415, 422)}, openapi_extra=_image_body({"k": {"type": "integer", "minimum": 1, "default": 10}}))
+    async def search(self, request: Request) -> JSONResponse:
+        (image,), fields = await self._upload(request, ("k",))
+        return JSONResponse(await self.gallery.search.remote(image, parse_k(fields.get("k"), self.cfg.max_k)))
+
+    @app.post("/gallery", summary="Index one image",
+              responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)},
+              openapi_extra=_image_body({"gallery_id": {"type": "string"}, "person_id": OPTIONAL_INT,
+                                         "camera": OPTIONAL_INT}))
+    async def gallery_add(self, request: Request) -> JSONResponse:
+        images, f = await self._upload(request, ("gallery_id", "person_id", "camera"))
+        entry = make_entry(f.get("gallery_id"), f.get("person_id"), f.get("camera"))
+        return JSONResponse(await self.gallery.add.remote([entry], images))
+
+    @app.post("/gallery/batch", summary="Index several images (all or none)",
+              responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)},
+              openapi_extra=_image_body({"meta": {"type": "string", "description": "JSON list, one object per "
+                                         "image: {gallery_id, person_id, camera}, all optional"}}, many=True))
+    async def gallery_add_batch(self, request: Request) -> JSONResponse:
+        images, f = await self._upload(request, ("meta",), max_files=self.cfg.max_files)
+        return JSONResponse(await self.gallery.add.remote(parse_meta(f.get("meta"), len(images)), images))
+
+    @app.delete("/gallery/{gallery_id}", summary="Remove one image", responses=errors(404))
+    async def gallery_remove(self, gallery_id: str) -> JSONResponse:
+        return JSONResponse(await self.gallery.remove.remote([gallery_id]))
+
+    @app.delete("/gallery", summary="Remove several images (all or none)", responses=errors(404, 413, 422),
+                openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "array", "items": {"type": "string"}}}}}})
+    async def gallery_remove_batch(self, request: Request) -> JSONResponse:
+        return JSONResponse(await self.gallery.remove.remote(parse_id_list(await self._body(request))))
+
+    @app.get("/health", summary="Liveness of the ingress and both model deployments")
+    async def health(self) -> dict:
+        g, e = await asyncio.gather(self.gallery.version.remote(), self.embedder.version.remote())
+        return {"status": "ok", "model_version": g["model_version"], "embedder_version": e["model_version"],
+                "gallery_size": g["gallery_size"]}
+
+    @app.get("/version", summary="The served checkpoint: id, path, metrics, load time, last reload error")
+    async def version(self) -> dict:
+        g, e = await asyncio.gather(self.gallery.version.remote(), self.embedder.version.remote())
+        e.pop("gallery_size", None)
+        return {**g, "embedder": e}
+
+
+# ---------------------------------------------------------------- building and starting
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _local_path(path: str) -> str:
+    """``path`` made absolute: relative to the working directory if it exists there, else to the repository
+    (``serve deploy`` builds the app in a Ray worker whose working directory is not the caller's)."""
+    p = Path(path).expanduser()
+    return str(p.resolve() if p.is_absolute() or p.exists() else (REPO_ROOT / p).resolve())
+
+
+def build(cfg: ServeConfig, user_config: Optional[dict] = None):
+    """The bound application for ``cfg`` (checkpoint made absolute, so replicas find it from any cwd).
+
+    ``user_config`` (default: ``cfg``'s checkpoint and watch interval) goes to both model deployments;
+    redeploying with only it changed reconfigures the running replicas: the gallery is kept and re-embedded.
+    """
+    if not cfg.checkpoint:
+        raise ValueError("checkpoint: required (a .pt file or a training run's output folder, e.g. runs/synthetic)")
+    plain = to_dict(cfg)
+    plain["checkpoint"] = _local_path(cfg.checkpoint)
+    if user_config is None:
+        user_config = {"checkpoint": plain["checkpoint"], "watch_interval_s": cfg.watch_interval_s}
+    embedder = Embedder.options(user_config=user_config, **cfg.embedder.serve_options()).bind(plain)
+    gallery = Gallery.options(user_config=user_config, **cfg.gallery.serve_options()).bind(plain)
+    return ReidApi.options(**cfg.ingress.serve_options()).bind(embedder, gallery, plain)
+
+
+def build_app(args: dict):
+    """Application builder for ``serve run`` / ``serve deploy``: ``config`` names the YAML, any other
+    key overrides a field (``checkpoint=runs/x``, ``embedder.num_replicas=2``)."""
+    args = dict(args)
+    path = args.pop("config", None)
+    return build(load_config(ServeConfig, path and _local_path(path), [f"{k}={v}" for k, v in args.items()]))
+
+
+def deploy(cfg: ServeConfig, blocking: bool = False) -> str:
+    """Start Serve on ``cfg.host:cfg.port`` (Ray must be initialised), deploy the app, return its URL."""
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=blocking)
+    return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

@@ -1,0 +1,149 @@
+"""The active-learning loop (Algorithm 1) end to end on tiny synthetic data, in one process."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from reidloop.active.finetune import components, pair_batches
+from reidloop.active.loop import ActiveLearningLoop, ResumeDiverged, round_slices
+from reidloop.answer_log import AnswerLog
+from reidloop.config import LoopJob, ModelConfig, load_config
+from reidloop.models import build_model, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained resnet18 checkpoint (the loop's mechanics do not need a good model)."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
+    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0))
+    return str(path)
+
+
+def tiny_job(out, checkpoint, cache, **over) -> LoopJob:
+    sets = [
+        "data.height=32", "data.width=16", f"data.root={cache}",
+        "data.synthetic.train_ids=8", "data.synthetic.test_ids=4", "data.synthetic.images_per_camera=2",
+        "data.synthetic.height=32", "data.synthetic.width=16",
+        "model.backbone=resnet18", f"checkpoint={checkpoint}",
+        "dral.ns=6", "dral.kmax=3", "dral.kappa=3", "dral.batch_size=8", "dral.replay_size=64",
+        "finetune.lr=1e-4", "finetune.every=0.5", "finetune.epochs=1", "finetune.queries_per_batch=4",
+        "eval.batch_size=64", f"output_dir={out}", "max_queries=12",
+    ] + [f"{k}={v}" for k, v in over.items()]
+    return load_config(LoopJob, None, sets)
+
+
+def answered(out):
+    t = AnswerLog(out / "answers").read()
+    return t.column("query").to_pylist(), t.column("candidate").to_pylist(), t.column("answer").to_pylist()
+
+
+def test_round_slices_cover_every_query_once():
+    sl = round_slices(10, 0.25)
+    assert len(sl) == 4
+    assert sorted(i for s in sl for i in range(10)[s]) == list(range(10))
+    assert len(round_slices(7, 1.0)) == 1
+
+
+def test_components_and_pair_batches_use_every_answer():
+    labels = components(6, np.array([[0, 1], [1, 2], [4, 5]]))
+    assert labels[0] == labels[1] == labels[2] != labels[4] == labels[5] and labels[3] == -1
+    q = np.array([0, 0, 0, 3, 3, 5]); c = np.array([1, 2, 4, 4, 1, 2]); y = np.array([1, -1, -1, 1, -1, 1])
+    seen = set()
+    for items, pos, neg in pair_batches(q, c, y, per_batch=1, rng=np.random.default_rng(0)):
+        for (a, b), ans in [(p, 1) for p in pos] + [(p, -1) for p in neg]:
+            seen.add((int(items[a]), int(items[b]), ans))
+    expected = {(min(a, b), max(a, b), int(v)) for a, b, v in zip(q, c, y)}
+    assert {(min(a, b), max(a, b), v) for a, b, v in seen} == expected
+
+
+@pytest.mark.parametrize("strategy", ["dral", "random", "qiu", "qbc", "gd"])
+def test_loop_runs_and_logs_each_answer_once(tmp_path, tiny_checkpoint, strategy):
+    job = tiny_job(tmp_path / strategy, tiny_checkpoint, tmp_path / "cache", strategy=strategy)
+    result = ActiveLearningLoop(job, progress=False).run()
+    out = tmp_path / strategy
+    q, c, y = answered(out)
+    pairs = [(min(a, b), max(a, b)) for a, b in zip(q, c)]
+    assert len(pairs) == len(set(pairs)) == result.answers > 0  # no pair asked twice
+    assert result.answers <= 12 * 3  # n_queries · Kmax (paper §4.4)
+    per_query = np.bincount(q)
+    assert per_query.max() <= 3
+    assert all(v in (1, -1) for v in y)
+    rows = pq.read_table(out / "rounds.parquet").to_pylist()
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[0]["answers"] == 0 and rows[-1]["answers"] == result.answers
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["answers"] == result.answers and summary["strategy"] == strategy
+    for name in ("curve.png", "model.pt", "strategy.pt", "config.yaml", "state.json"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_budget_is_a_hard_stop(tmp_path, tiny_checkpoint):
+    job = tiny_job(tmp_path / "b", tiny_checkpoint, tmp_path / "cache", strategy="random", **{"oracle.budget": 7})
+    result = ActiveLearningLoop(job, progress=False).run()
+    assert result.answers == 7 and len(answered(tmp_path / "b")[0]) == 7
+
+
+def test_references_ask_nothing(tmp_path, tiny_checkpoint):
+    base = ActiveLearningLoop(tiny_job(tmp_path / "base", tiny_checkpoint, tmp_path / "cache",
+                                       strategy="baseline"), progress=False).run()
+    assert base.answers == 0
+    assert base.rounds[0]["mAP"] == base.rounds[-1]["mAP"]  # no fine-tuning: the model is unchanged
+    upper = ActiveLearningLoop(tiny_job(tmp_path / "up", tiny_checkpoint, tmp_path / "cache",
+                                        strategy="upperbound"), progress=False).run()
+    assert upper.answers == 0 and upper.rounds[-1]["mAP"] != upper.rounds[0]["mAP"]
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingLoop(ActiveLearningLoop):
+    """Dies (like a killed driver) after `after` new answers have been logged."""
+
+    def __init__(self, job, after):
+        super().__init__(job, progress=False)
+        self.after = after
+
+    def ask_round(self, round_, queries, features, metric, strategy, oracle):
+        ask, budget = oracle.ask, [self.after]
+
+        def dying_ask(*a, **kw):
+            if budget[0] == 0:
+                raise Crash()
+            budget[0] -= 1
+            return ask(*a, **kw)
+
+        oracle.ask = dying_ask
+        super().ask_round(round_, queries, features, metric, strategy, oracle)
+
+
+@pytest.mark.parametrize("crash_after", [5, 23])  # inside round 1; inside round 2 (round 1 checkpointed)
+def test_resume_after_a_crash_asks_the_same_pairs(tmp_path, tiny_checkpoint, crash_after):
+    cache = tmp_path / "cache"
+    full = ActiveLearningLoop(tiny_job(tmp_path / "full", tiny_checkpoint, cache), progress=False).run()
+    job = tiny_job(tmp_path / "crash", tiny_checkpoint, cache)
+    with pytest.raises(Crash):
+        CrashingLoop(job, after=crash_after).run()
+    assert len(answered(tmp_path / "crash")[0]) == crash_after  # nothing collected was lost
+    resumed = ActiveLearningLoop(job, progress=False).run()
+    assert resumed.replayed_answers > 0
+    a, b = answered(tmp_path / "full"), answered(tmp_path / "crash")
+    assert sorted(zip(*a)) == sorted(zip(*b))  # same pairs, same answers, none twice
+    assert resumed.answers == full.answers
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_checkpoint):
+    cache = tmp_path / "cache"
+    job = tiny_job(tmp_path / "r", tiny_checkpoint, cache)
+    with pytest.raises(Crash):
+        CrashingLoop(job, after=4).run()
+    changed = tiny_job(tmp_path / "r", tiny_checkpoint, cache, strategy="qiu")
+    with pytest.raises(ResumeDiverged):
+        ActiveLearningLoop(changed, progress=False).run()
+    assert len(answered(tmp_path / "r")[0]) == 4  # the log is untouched

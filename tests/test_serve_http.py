@@ -1,0 +1,308 @@
+"""The HTTP service on a real local Ray, called over real HTTP on loopback (issue 6, "Done when").
+
+One deployment serves the whole module: a random-init resnet18 checkpoint at 32×16 and the
+synthetic_tiny PNGs. Every wait polls a condition with a deadline.
+"""
+import io
+import json
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import torch
+import yaml
+from PIL import Image
+
+from reidloop.config import ModelConfig
+from reidloop.config.serve import DeploymentConfig, ServeConfig
+from reidloop.engine.features import extract_features
+from reidloop.engine.precision import resolve_precision
+from reidloop.metrics.distance import pairwise_distance
+from reidloop.models import build_model, load_checkpoint, save_checkpoint
+
+H, W = 32, 16
+MAX_BODY = 256 * 1024
+MAX_PIXELS = 500_000
+TIMEOUT = 20  # seconds per HTTP call
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_checkpoint(path, seed: int, **extra) -> None:
+    torch.manual_seed(seed)
+    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0), extra=extra)
+
+
+def wait_for(predicate, what: str, deadline_s: float = 30.0, every_s: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after the deadline."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        threading.Event().wait(every_s)
+    pytest.fail(f"timed out after {deadline_s} s waiting for {what}")
+
+
+def png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, synthetic_tiny, tmp_path_factory):
+    from ray import serve
+
+    from services.serve_app import deploy
+
+    run_dir = tmp_path_factory.mktemp("run")
+    write_checkpoint(run_dir / "model.pt", seed=0, round=0, answers=0, rank1=0.25, mAP=0.125)
+    dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=32)
+    cfg = ServeConfig(checkpoint=str(run_dir), port=free_port(), app_name="reidloop-test", height=H, width=W,
+                      watch_interval_s=0.1, torch_threads=1, max_batch_size=8, batch_wait_timeout_s=0.002,
+                      max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, max_files=32, max_k=20,
+                      ingress=dep, embedder=dep, gallery=dep)
+    url = deploy(cfg)
+    yield {"url": url, "run_dir": run_dir, "cfg": cfg, "splits": synthetic_tiny}
+    serve.shutdown()
+
+
+def post_image(url: str, path_or_bytes, **fields) -> requests.Response:
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else open(path_or_bytes, "rb").read()
+    return requests.post(url, files={"image": ("x.png", data, "image/png")}, data=fields, timeout=TIMEOUT)
+
+
+def get(url: str) -> dict:
+    r = requests.get(url, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def offline_features(checkpoint, records) -> np.ndarray:
+    model, _ = load_checkpoint(checkpoint)
+    return extract_features(model, records, height=H, width=W, precision=resolve_precision("auto", torch.device("cpu")),
+                            progress=False)
+
+
+def test_embeddings_equal_the_offline_extractor(served):
+    url, recs = served["url"], served["splits"].gallery[:4]
+    expected = offline_features(served["run_dir"] / "model.pt", recs)
+    version = get(url + "/version")["model_version"]
+    got = [post_image(url + "/embed", r.path).json() for r in recs[:3]]
+    raw = open(recs[3].path, "rb").read()  # the other upload form: a raw image/png body
+    got.append(requests.post(url + "/embed", data=raw, headers={"content-type": "image/png"}, timeout=TIMEOUT).json())
+    emb = np.array([g["embedding"] for g in got], np.float32)
+    assert {g["dim"] for g in got} == {512} and {g["model_version"] for g in got} == {version}
+    # fp32 here (no native bf16 on this CPU); with bf16 the same check holds at cosine > 0.99
+    if resolve_precision("auto", torch.device("cpu")).dtype is None:
+        np.testing.assert_allclose(emb, expected, rtol=1e-4, atol=1e-4)
+    cos = (emb * expected).sum(1) / np.linalg.norm(emb, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() > 0.99
+
+
+def gallery_upload(records, start: int = 0):
+    """(files, meta) of POST /gallery/batch for ``records``, with ids g<start>, g<start+1>, ..."""
+    meta = [{"gallery_id": f"g{start + i}", "person_id": r.pid, "camera": r.camid} for i, r in enumerate(records)]
+    files = [("image", (os.path.basename(r.path), open(r.path, "rb").read(), "image/png")) for r in records]
+    return files, {"meta": json.dumps(meta)}
+
+
+@pytest.fixture(scope="module")
+def indexed(served):
+    """The synthetic gallery indexed as g0, g1, ... with person ids and cameras (one batched request)."""
+    gallery = served["splits"].gallery
+    files, data = gallery_upload(gallery)
+    r = requests.post(served["url"] + "/gallery/batch", files=files, data=data, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    assert r.json()["ids"] == [f"g{i}" for i in range(len(gallery))] and r.json()["gallery_size"] == len(gallery)
+    return served
+
+
+def test_search_returns_the_right_identity_in_distance_order(indexed):
+    url, gallery = indexed["url"], indexed["splits"].gallery
+    feats = offline_features(indexed["run_dir"] / "model.pt", gallery)
+    for i in (0, 5, len(gallery) - 1):  # a query whose exact duplicate is indexed
+        res = post_image(url + "/search", gallery[i].path, k="5").json()
+        m = res["matches"]
+        assert len(m) == 5 and res["k"] == 5 and res["gallery_size"] == len(gallery)
+        assert m[0]["gallery_id"] == f"g{i}" and m[0]["person_id"] == gallery[i].pid
+        assert m[0]["camera"] == gallery[i].camid and m[0]["distance"] < 1e-3 and m[0]["score"] > 0.999
+        d = [x["distance"] for x in m]
+        assert d == sorted(d)
+        offline = pairwise_distance(feats[i:i + 1], feats)[0]
+        np.testing.assert_allclose(d, np.sort(offline)[:5], rtol=1e-3, atol=1e-3)
+
+    # single add (raw body + query parameters), then single and batched delete
+    raw = open(gallery[0].path, "rb").read()
+    r = requests.post(url + "/gallery?gallery_id=extra-1&person_id=999", data=raw,
+                      headers={"content-type": "image/png"}, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["ids"] == ["extra-1"], r.text
+    top2 = post_image(url + "/search", gallery[0].path, k="2").json()["matches"]
+    assert {x["gallery_id"] for x in top2} == {"g0", "extra-1"} and {x["person_id"] for x in top2} == {gallery[0].pid, 999}
+    assert requests.delete(url + "/gallery/extra-1", timeout=TIMEOUT).json()["gallery_size"] == len(gallery)
+    r = requests.delete(url + "/gallery", json=["g1", "g2"], timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["removed"] == ["g1", "g2"]
+    files, data = gallery_upload(gallery[1:3], start=1)
+    r = requests.post(url + "/gallery/batch", files=files, data=data, timeout=TIMEOUT)
+    assert r.status_code == 200 and r.json()["gallery_size"] == len(gallery), r.text
+
+
+def _bad_inputs(real_png: bytes):
+    huge = png(np.zeros((1000, 1000, 3), np.uint8))  # 1e6 pixels > MAX_PIXELS, a few KB encoded
+    img = ("x.png", real_png, "image/png")
+    return [
+        ("not an image", "post", "/embed", dict(data=b"plain text, not pixels", headers={"content-type": "image/png"}),
+         400, "not an image"),
+        ("empty body", "post", "/embed", dict(data=b"", headers={"content-type": "image/png"}), 400, "empty"),
+        ("empty file part", "post", "/embed", dict(files={"image": ("x.png", b"", "image/png")}), 400, "empty"),
+        ("truncated file", "post", "/embed", dict(files={"image": ("x.png", real_png[: len(real_png) // 2], "image/png")}),
+         400, "truncated"),
+        ("huge dimensions", "post", "/embed", dict(files={"image": ("x.png", huge, "image/png")}), 413, "pixels"),
+        ("huge body", "post", "/embed", dict(data=b"\0" * (MAX_BODY + 1), headers={"content-type": "image/png"}),
+         413, "max_body_bytes"),
+        ("wrong field name", "post", "/embed", dict(files={"img": img}), 422, "no 'image' file field"),
+        ("wrong content type", "post", "/embed", dict(data=real_png, headers={"content-type": "text/plain"}),
+         415, "not an image type"),
+        ("json instead of an image", "post", "/search", dict(json={"image": "x"}), 415, "not an image type"),
+        ("file part not an image type", "post", "/embed", dict(files={"image": ("x.txt", real_png, "text/plain")}),
+         415, "not an image type"),
+        ("malformed multipart", "post", "/embed",
+         dict(data=b"--b\r\nno headers", headers={"content-type": "multipart/form-data; boundary=b"}),
+         400, "closing boundary"),
+        ("two images for one", "post", "/embed", dict(files=[("image", img), ("image", img)]), 422, "expected one image"),
+        ("unknown parameter", "post", "/embed", dict(files={"image": img}, data={"kk": "3"}), 422, "unknown parameter"),
+        ("k zero", "post", "/search", dict(files={"image": img}, data={"k": "0"}), 422, "out of range"),
+        ("k too large", "post", "/search", dict(files={"image": img}, data={"k": "21"}), 422, "out of range"),
+        ("k not a number", "post", "/search", dict(files={"image": img}, data={"k": "ten"}), 422, "expected an integer"),
+        ("bad person id", "post", "/gallery", dict(files={"image": img}, data={"person_id": "bob"}), 422, "person_id"),
+        ("bad gallery id", "post", "/gallery", dict(files={"image": img}, data={"gallery_id": "a b/c"}), 422, "gallery_id"),
+        ("duplicate gallery id", "post", "/gallery/batch",
+         dict(files=[("image", img), ("image", img)], data={"meta": '[{"gallery_id": "d"}, {"gallery_id": "d"}]'}),
+         409, "already in use"),
+        ("meta not matching files", "post", "/gallery/batch", dict(files=[("image", img)], data={"meta": "[{}, {}]"}),
+         422, "list of 1"),
+        ("one bad file in a batch", "post", "/gallery/batch",
+         dict(files=[("image", img), ("image", ("bad.png", b"nope", "image/png"))]), 400, "bad.png"),
+        ("unknown gallery id", "delete", "/gallery/no-such-id", {}, 404, "unknown gallery_id"),
+        ("unknown ids in a batch delete", "delete", "/gallery", dict(json=["g0", "nope"]), 404, "nope"),
+        ("delete body not a list", "delete", "/gallery", dict(data=b"{oops", headers={"content-type": "application/json"}),
+         422, "not valid JSON"),
+        ("unknown route", "get", "/nowhere", {}, 404, "Not Found"),
+        ("wrong method", "get", "/embed", {}, 405, "Method Not Allowed"),
+    ]
+
+
+def test_each_bad_input_gets_a_4xx_json_error_and_the_service_still_answers(indexed):
+    url, ok_png = indexed["url"], open(indexed["splits"].query[0].path, "rb").read()
+    size_before = get(url + "/health")["gallery_size"]
+    failures = []
+    for name, method, path, kwargs, status, fragment in _bad_inputs(ok_png):
+        r = getattr(requests, method)(url + path, timeout=TIMEOUT, **kwargs)
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        if r.status_code != status or fragment not in body.get("error", ""):
+            failures.append(f"{name}: got {r.status_code} {r.text[:300]!r}, expected {status} with {fragment!r}")
+        health = requests.get(url + "/health", timeout=TIMEOUT)
+        if health.status_code != 200 or health.json()["status"] != "ok":
+            failures.append(f"after {name}: /health answered {health.status_code} {health.text[:200]!r}")
+    assert not failures, "\n".join(failures)
+    assert get(url + "/health")["gallery_size"] == size_before  # rejected batches added nothing
+    assert post_image(url + "/embed", ok_png).status_code == 200
+
+
+def test_swap_changes_version_while_requests_keep_succeeding(indexed):
+    url, run_dir, gallery = indexed["url"], indexed["run_dir"], indexed["splits"].gallery
+    before = get(url + "/version")
+    query = open(gallery[0].path, "rb").read()
+    outcomes, stop = [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            for ep in ("/embed", "/search"):
+                try:
+                    r = post_image(url + ep, query, **({"k": "3"} if ep == "/search" else {}))
+                    outcomes.append((ep, r.status_code, r.json().get("model_version"), r.text[:200]))
+                except Exception as exc:  # a dropped connection counts as a failure
+                    outcomes.append((ep, None, None, repr(exc)))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_for(lambda: len(outcomes) >= 4, "requests before the swap")
+        write_checkpoint(run_dir / "model.pt", seed=1, round=1, answers=40, rank1=0.5, mAP=0.375)
+        after = wait_for(lambda: (v := get(url + "/version"))["model_version"] != before["model_version"]
+                         and v["embedder"]["model_version"] != before["model_version"] and v,
+                         "the new checkpoint to be served")
+        n = len(outcomes)
+        wait_for(lambda: len(outcomes) >= n + 4, "requests after the swap")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    failed = [o for o in outcomes if o[1] != 200]
+    assert not failed, failed[:5]
+    assert {o[2] for o in outcomes} == {before["model_version"], after["model_version"]}
+    assert after["metrics"] == {"round": 1, "answers": 40, "rank1": 0.5, "mAP": 0.375}
+    assert after["loaded_at"] > before["loaded_at"] and after["last_error"] is None and after["swaps"] == before["swaps"] + 1
+    # the gallery was re-embedded with the new model: the duplicate is still at distance ~0,
+    # and its distances equal the new model's offline ones
+    m = post_image(url + "/search", query, k="3").json()
+    assert m["model_version"] == after["model_version"] and m["matches"][0]["person_id"] == gallery[0].pid
+    feats = offline_features(run_dir / "model.pt", gallery)
+    ids = [x["gallery_id"] for x in m["matches"]]
+    offline = pairwise_distance(feats[:1], feats)[0]
+    np.testing.assert_allclose([x["distance"] for x in m["matches"]], [offline[int(i[1:])] for i in ids],
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_bad_checkpoint_is_reported_and_the_old_model_keeps_serving(served):
+    url, run_dir = served["url"], served["run_dir"]
+    before = get(url + "/version")
+    tmp = run_dir / ".model.pt.tmp"
+    tmp.write_bytes(b"this is not a torch checkpoint")
+    os.replace(tmp, run_dir / "model.pt")  # atomically, as a training run writes it
+    v = wait_for(lambda: (v := get(url + "/version"))["last_error"] and v["embedder"]["last_error"] and v,
+                 "the failed load to be reported")
+    assert "not a readable checkpoint" in v["last_error"]["error"] and v["last_error"]["checkpoint"].endswith("model.pt")
+    assert v["model_version"] == before["model_version"] and v["metrics"] == before["metrics"]
+    assert get(url + "/health")["status"] == "ok"
+    r = post_image(url + "/embed", served["splits"].query[0].path)
+    assert r.status_code == 200 and r.json()["model_version"] == before["model_version"]
+    # the next good checkpoint is picked up again and clears the error
+    write_checkpoint(run_dir / "model.pt", seed=2, round=2)
+    v = wait_for(lambda: (v := get(url + "/version"))["model_version"] != before["model_version"] and v,
+                 "recovery with a good checkpoint")
+    assert v["last_error"] is None and v["metrics"] == {"round": 2}
+
+
+def test_reconfigure_user_config_switches_checkpoint_and_keeps_the_gallery(served, tmp_path):
+    from ray import serve
+
+    from services.serve_app import build
+
+    url, cfg = served["url"], served["cfg"]
+    before = get(url + "/version")
+    other = tmp_path / "other.pt"
+    write_checkpoint(other, seed=3, round=7)
+    serve.run(build(cfg, user_config={"checkpoint": str(other), "watch_interval_s": 0.1}), name=cfg.app_name,
+              route_prefix=cfg.route_prefix)
+    v = wait_for(lambda: (v := get(url + "/version"))["checkpoint"] == str(other)
+                 and v["embedder"]["checkpoint"] == str(other) and v, "reconfigure to the other checkpoint")
+    assert v["metrics"] == {"round": 7} and v["source"] == str(other)
+    assert v["gallery_size"] == before["gallery_size"]  # same replica, gallery kept (and re-embedded)
+
+
+def test_deploy_config_file_is_valid_for_serve():
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(open("tune_configs/serve_deploy.yaml")))
+    app = schema.applications[0]
+    assert app.import_path == "services.serve_app:build_app" and schema.http_options.host == "127.0.0.1"
+    assert {d.name for d in app.deployments} == {"ReidApi", "Embedder", "Gallery"}
