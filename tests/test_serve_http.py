@@ -58,21 +58,51 @@ def png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+APP = "reidloop-test"
+
+
+def deploy_config(port: int, config_file, deployments=()) -> None:
+    """Deploy the app from a config, as ``serve deploy`` / ``serve run <file.yaml>`` do (import path + args);
+    redeploying with only deployments' user_config changed reconfigures the running replicas."""
+    from ray.serve._private.api import serve_start  # what `serve run <config.yaml>` calls
+    from ray.serve.schema import ServeDeploySchema
+
+    http = {"host": "127.0.0.1", "port": port}
+    app = {"name": APP, "route_prefix": "/", "import_path": "services.serve_app:build_app",
+           "args": {"config": str(config_file)}, "deployments": list(deployments)}
+    serve_start(http_options=http).deploy_apps(ServeDeploySchema.model_validate(
+        {"http_options": http, "applications": [app]}))
+
+
+def app_running() -> bool:
+    from ray import serve
+
+    status = serve.status().applications.get(APP)
+    if status is not None and status.status == "DEPLOY_FAILED":
+        pytest.fail(f"deploy failed: {status.message}")
+    return status is not None and status.status == "RUNNING"
+
+
 @pytest.fixture(scope="module")
 def served(ray_session, synthetic_tiny, tmp_path_factory):
     from ray import serve
 
-    from services.serve_app import deploy
+    from reidloop.config import save_config
 
     run_dir = tmp_path_factory.mktemp("run")
     write_checkpoint(run_dir / "model.pt", seed=0, round=0, answers=0, rank1=0.25, mAP=0.125)
     dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=32)
-    cfg = ServeConfig(checkpoint=str(run_dir), port=free_port(), app_name="reidloop-test", height=H, width=W,
+    cfg = ServeConfig(checkpoint=str(run_dir), port=free_port(), app_name=APP, height=H, width=W,
                       watch_interval_s=0.1, torch_threads=1, max_batch_size=8, batch_wait_timeout_s=0.002,
                       max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, max_files=32, max_k=20,
                       ingress=dep, embedder=dep, gallery=dep)
-    url = deploy(cfg)
-    yield {"url": url, "run_dir": run_dir, "cfg": cfg, "splits": synthetic_tiny}
+    config_file = run_dir.parent / "serve.yaml"
+    save_config(cfg, config_file)
+    deploy_config(cfg.port, config_file)
+    url = f"http://127.0.0.1:{cfg.port}"
+    wait_for(app_running, "the application to run", deadline_s=120, every_s=0.2)
+    wait_for(lambda: requests.get(url + "/health", timeout=TIMEOUT).status_code == 200, "/health")
+    yield {"url": url, "run_dir": run_dir, "cfg": cfg, "config_file": config_file, "splits": synthetic_tiny}
     serve.shutdown()
 
 
@@ -135,11 +165,11 @@ def test_search_returns_the_right_identity_in_distance_order(indexed):
         m = res["matches"]
         assert len(m) == 5 and res["k"] == 5 and res["gallery_size"] == len(gallery)
         assert m[0]["gallery_id"] == f"g{i}" and m[0]["person_id"] == gallery[i].pid
-        assert m[0]["camera"] == gallery[i].camid and m[0]["distance"] < 1e-3 and m[0]["score"] > 0.999
         d = [x["distance"] for x in m]
+        assert m[0]["camera"] == gallery[i].camid and d[0] < 0.01 * d[1] and m[0]["score"] > 0.99
         assert d == sorted(d)
         offline = pairwise_distance(feats[i:i + 1], feats)[0]
-        np.testing.assert_allclose(d, np.sort(offline)[:5], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(d, np.sort(offline)[:5], rtol=1e-3, atol=1e-2)  # sqrt of fp32 round-off near 0
 
     # single add (raw body + query parameters), then single and batched delete
     raw = open(gallery[0].path, "rb").read()
@@ -169,7 +199,8 @@ def _bad_inputs(real_png: bytes):
         ("huge dimensions", "post", "/embed", dict(files={"image": ("x.png", huge, "image/png")}), 413, "pixels"),
         ("huge body", "post", "/embed", dict(data=b"\0" * (MAX_BODY + 1), headers={"content-type": "image/png"}),
          413, "max_body_bytes"),
-        ("wrong field name", "post", "/embed", dict(files={"img": img}), 422, "no 'image' file field"),
+        ("wrong field name", "post", "/embed", dict(files={"img": img}), 422, "in field 'image'"),
+        ("no file at all", "post", "/embed", dict(files={"k": (None, "3")}), 422, "no file in field 'image'"),
         ("wrong content type", "post", "/embed", dict(data=real_png, headers={"content-type": "text/plain"}),
          415, "not an image type"),
         ("json instead of an image", "post", "/search", dict(json={"image": "x"}), 415, "not an image type"),
@@ -259,7 +290,7 @@ def test_swap_changes_version_while_requests_keep_succeeding(indexed):
     ids = [x["gallery_id"] for x in m["matches"]]
     offline = pairwise_distance(feats[:1], feats)[0]
     np.testing.assert_allclose([x["distance"] for x in m["matches"]], [offline[int(i[1:])] for i in ids],
-                               rtol=1e-3, atol=1e-3)
+                               rtol=1e-3, atol=1e-2)
 
 
 def test_bad_checkpoint_is_reported_and_the_old_model_keeps_serving(served):
@@ -282,21 +313,20 @@ def test_bad_checkpoint_is_reported_and_the_old_model_keeps_serving(served):
     assert v["last_error"] is None and v["metrics"] == {"round": 2}
 
 
-def test_reconfigure_user_config_switches_checkpoint_and_keeps_the_gallery(served, tmp_path):
-    from ray import serve
-
-    from services.serve_app import build
-
-    url, cfg = served["url"], served["cfg"]
+def test_reconfigure_user_config_switches_checkpoint_and_keeps_the_gallery(indexed, tmp_path):
+    url = indexed["url"]
     before = get(url + "/version")
     other = tmp_path / "other.pt"
     write_checkpoint(other, seed=3, round=7)
-    serve.run(build(cfg, user_config={"checkpoint": str(other), "watch_interval_s": 0.1}), name=cfg.app_name,
-              route_prefix=cfg.route_prefix)
+    user_config = {"checkpoint": str(other), "watch_interval_s": 0.1}
+    deploy_config(indexed["cfg"].port, indexed["config_file"],
+                  [{"name": name, "user_config": user_config} for name in ("Embedder", "Gallery")])
     v = wait_for(lambda: (v := get(url + "/version"))["checkpoint"] == str(other)
                  and v["embedder"]["checkpoint"] == str(other) and v, "reconfigure to the other checkpoint")
-    assert v["metrics"] == {"round": 7} and v["source"] == str(other)
-    assert v["gallery_size"] == before["gallery_size"]  # same replica, gallery kept (and re-embedded)
+    assert v["metrics"] == {"round": 7} and v["source"] == str(other) and v["last_error"] is None
+    assert v["gallery_size"] == before["gallery_size"] > 0  # same replica: gallery kept, re-embedded
+    m = post_image(url + "/search", indexed["splits"].gallery[3].path, k="1").json()["matches"]
+    assert m[0]["gallery_id"] == "g3" and m[0]["score"] > 0.99
 
 
 def test_deploy_config_file_is_valid_for_serve():

@@ -175,9 +175,11 @@ class ActiveLearningLoop:
     the budget never exceeded, and — replaying the interrupted round — the same questions asked.
     """
 
-    def __init__(self, job: LoopJob, progress: bool = True) -> None:
+    def __init__(self, job: LoopJob, progress: bool = True,
+                 on_round: Callable[[dict, Path], None] | None = None) -> None:
         self.job = job
         self.progress = progress
+        self.on_round = on_round  # called with (metrics row, output dir) after each round's checkpoint
         self.out = Path(job.output_dir)
         self.device = resolve_device(job.pretrain.device)
 
@@ -305,6 +307,8 @@ class ActiveLearningLoop:
                      format_metrics({job.strategy: metrics}).splitlines()[1])
             self._save_state(r, model, strategy, result, oracle.used)
             answer_log.compact()
+            if self.on_round is not None:
+                self.on_round(result.rounds[-1], self.out)
         answer_log.close()
         result.answers = oracle.used
         self._write_summary(result, splits, len(pool), len(order), budget)

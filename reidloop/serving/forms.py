@@ -41,9 +41,9 @@ def parse_upload(body: bytes, content_type: Optional[str], query: Mapping[str, s
             elif p.filename is None:
                 fields[p.name] = p.text()
             else:
-                raise ServingError(422, f"file field {p.name!r} is not expected (send images as {FILE_FIELD!r})")
+                raise ServingError(422, f"file field {p.name!r} is not expected; send images in field {FILE_FIELD!r}")
         if not files:
-            raise ServingError(422, f"multipart body has no {FILE_FIELD!r} file field "
+            raise ServingError(422, f"multipart body has no file in field {FILE_FIELD!r} "
                                     f"(got fields {sorted({p.name for p in parts})})")
     else:
         check_image_content_type(content_type)

@@ -1,0 +1,119 @@
+"""Compare acquisition strategies at equal budget, averaged over seeds (DRAL §4.3–4.4).
+
+    .venv/bin/python benchmarks/active_compare.py --config tune_configs/synthetic.yaml \
+        --strategies baseline random dral --seeds 0 1 2 --name synthetic
+
+Every (strategy, seed) runs the in-process loop; within a seed all strategies start from the same
+pre-trained model (it is trained once and copied), browse the same queries and get the same budget
+(n_queries · Kmax). Prints mean ± std of the final metrics and writes
+benchmarks/results/active_<name>.{json,csv,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from reidloop.active.loop import ActiveLearningLoop
+from reidloop.config import LoopJob, load_config
+
+METRICS = ("rank1", "rank5", "rank10", "mAP")
+
+
+def run_one(config: str, overrides: list[str], strategy: str, seed: int, out: Path) -> list[dict]:
+    job = load_config(LoopJob, config, overrides + [f"strategy={strategy}", f"seed={seed}",
+                                                     f"oracle.seed={seed}", f"output_dir={out}"])
+    start = time.perf_counter()
+    result = ActiveLearningLoop(job, progress=False).run()
+    for row in result.rounds:
+        row["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return result.rounds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--strategies", nargs="+", default=["baseline", "random", "dral"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--name", default="synthetic")
+    p.add_argument("--out", default="runs/bench_active")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    root = Path(args.out) / args.name
+    rows: list[dict] = []
+    for seed in args.seeds:
+        shared = None
+        for strategy in args.strategies:
+            out = root / f"seed{seed}" / strategy
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            if shared is not None:
+                shutil.copy(shared, out / "pretrained.pt")  # same pre-trained CNN for every strategy
+            rounds = run_one(args.config, args.overrides, strategy, seed, out)
+            shared = shared or out / "pretrained.pt"
+            final = rounds[-1]
+            print(f"seed {seed} {strategy:<10} answers {final['answers']:>5}  mAP {100 * final['mAP']:6.2f}  "
+                  f"rank-1 {100 * final['rank1']:6.2f}  ({final['wall_seconds']:.0f} s)", flush=True)
+            rows += rounds
+    table = summarise(rows, args.strategies)
+    print()
+    print(table)
+    res = Path("benchmarks/results")
+    res.mkdir(parents=True, exist_ok=True)
+    (res / f"active_{args.name}.json").write_text(json.dumps(
+        {"config": args.config, "overrides": args.overrides, "seeds": args.seeds, "rows": rows,
+         "table": table}, indent=2))
+    with open(res / f"active_{args.name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, args.strategies, res / f"active_{args.name}.png", args.name)
+    print(f"saved {res}/active_{args.name}.*")
+
+
+def summarise(rows: list[dict], strategies: list[str]) -> str:
+    last = max(r["round"] for r in rows)
+    lines = [f"{'strategy':<11}{'answers':>9}" + "".join(f"{m:>16}" for m in METRICS)]
+    for s in strategies:
+        fin = [r for r in rows if r["strategy"] == s and r["round"] == last]
+        ans = np.mean([r["answers"] for r in fin])
+        cells = "".join(f"{100 * np.mean([r[m] for r in fin]):>9.2f} ± {100 * np.std([r[m] for r in fin]):4.2f}"
+                        for m in METRICS)
+        lines.append(f"{s:<11}{ans:>9.0f}{cells}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], strategies: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for s in strategies:
+        rs = sorted({r["round"] for r in rows if r["strategy"] == s})
+        x = [np.mean([r["answers"] for r in rows if r["strategy"] == s and r["round"] == k]) for k in rs]
+        for ax, m in zip(axes, ("mAP", "rank1")):
+            ax.plot(x, [100 * np.mean([r[m] for r in rows if r["strategy"] == s and r["round"] == k]) for k in rs],
+                    "o-", label=s)
+    for ax, m in zip(axes, ("mAP", "rank-1")):
+        ax.set_xlabel("answers")
+        ax.set_ylabel(f"{m} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
