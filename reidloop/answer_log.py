@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .atomic import write_parquet
+
 SCHEMA = pa.schema([
     pa.field("question_id", pa.int64(), nullable=False),
     pa.field("query", pa.int64(), nullable=False),
@@ -165,16 +167,7 @@ class AnswerLog:
 
     def _write_atomic(self, table: pa.Table, seq: int) -> Path:
         final = self._part_path(seq)
-        tmp = self.directory / f".{final.name}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_parquet(table, final)
         _fsync_dir(self.directory)
         return final
 

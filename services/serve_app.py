@@ -36,8 +36,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reidloop.config import from_dict, load_config, to_dict
 from reidloop.config.serve import ServeConfig
-from reidloop.serving import (InputTransform, ReidService, ServingError, make_entry, parse_id_list, parse_k,
-                              parse_meta, parse_upload)
+from reidloop.serving import (InputTransform, ReidService, ServingError, Upload, make_entry, parse_id_list,
+                              parse_k, parse_meta, parse_upload)
 
 log = logging.getLogger("reidloop.serve")
 USER_CONFIG_KEYS = ("checkpoint", "watch_interval_s")
@@ -219,16 +219,16 @@ class Gallery(_ModelReplica):
         return await self._run(self._model_pool, self._search_many, queries)
 
     def _add(self, entries: list, images: list[torch.Tensor]) -> dict:
-        size = self.service.add(entries, images)
-        return {"ids": [e.gallery_id for e in entries], "gallery_size": size,
-                "model_version": self.service.state.model.version}
+        state = self.service.add(entries, images)
+        return {"ids": [e.gallery_id for e in entries], "gallery_size": state.index.size,
+                "model_version": state.model.version}
 
     async def add(self, entries: list, images: list[torch.Tensor]) -> dict:
         return await self._run(self._admin_pool, self._add, entries, images)
 
     def _remove(self, gallery_ids: list[str]) -> dict:
-        size = self.service.remove(gallery_ids)
-        return {"removed": list(gallery_ids), "gallery_size": size, "model_version": self.service.state.model.version}
+        state = self.service.remove(gallery_ids)
+        return {"removed": list(gallery_ids), "gallery_size": state.index.size, "model_version": state.model.version}
 
     async def remove(self, gallery_ids: list[str]) -> dict:
         return await self._run(self._admin_pool, self._remove, gallery_ids)
@@ -256,42 +256,50 @@ class ReidApi:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _decode(self, files: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+    async def _upload(self, request: Request, fields: tuple[str, ...] = (), max_files: int = 1) -> Upload:
+        return parse_upload(await self._body(request), request.headers.get("content-type"), request.query_params,
+                            allowed_fields=fields, max_files=max_files)
+
+    def _decode_all(self, files: list[tuple[str, bytes]]) -> list[torch.Tensor]:
         return [self.transform(data, max_pixels=self.cfg.max_pixels, what=name) for name, data in files]
 
-    async def _upload(self, request: Request, fields: tuple[str, ...] = (), max_files: int = 1):
-        upload = parse_upload(await self._body(request), request.headers.get("content-type"),
-                              request.query_params, allowed_fields=fields, max_files=max_files)
-        return await asyncio.to_thread(self._decode, upload.files), upload.fields
+    async def _images(self, upload: Upload) -> list[torch.Tensor]:
+        """Decoded and resized uint8 images (off the event loop: a large image takes a while)."""
+        return await asyncio.to_thread(self._decode_all, upload.files)
 
-    @app.post("/embed", summary="Embedding of one image", responses={200: {"model": EmbedBody}, **errors(400, 413, 415, 422)},
-              openapi_extra=_image_body({}))
+    @app.post("/embed", summary="Embedding of one image", openapi_extra=_image_body({}),
+              responses={200: {"model": EmbedBody}, **errors(400, 413, 415, 422)})
     async def embed(self, request: Request) -> JSONResponse:
-        (image,), _ = await self._upload(request)
+        (image,) = await self._images(await self._upload(request))
         return JSONResponse(await self.embedder.embed.remote(image))
 
-    @app.post("/search", summary="Top-k gallery matches of a query image", responses={200: {"model": SearchBody},
-              **errors(400, 413, 415, 422)}, openapi_extra=_image_body({"k": {"type": "integer", "minimum": 1, "default": 10}}))
+    @app.post("/search", summary="Top-k gallery matches of a query image",
+              openapi_extra=_image_body({"k": {"type": "integer", "minimum": 1, "default": 10}}),
+              responses={200: {"model": SearchBody}, **errors(400, 413, 415, 422)})
     async def search(self, request: Request) -> JSONResponse:
-        (image,), fields = await self._upload(request, ("k",))
-        return JSONResponse(await self.gallery.search.remote(image, parse_k(fields.get("k"), self.cfg.max_k)))
+        upload = await self._upload(request, ("k",))
+        k = parse_k(upload.fields.get("k"), self.cfg.max_k)
+        (image,) = await self._images(upload)
+        return JSONResponse(await self.gallery.search.remote(image, k))
 
     @app.post("/gallery", summary="Index one image",
-              responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)},
               openapi_extra=_image_body({"gallery_id": {"type": "string"}, "person_id": OPTIONAL_INT,
-                                         "camera": OPTIONAL_INT}))
+                                         "camera": OPTIONAL_INT}),
+              responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)})
     async def gallery_add(self, request: Request) -> JSONResponse:
-        images, f = await self._upload(request, ("gallery_id", "person_id", "camera"))
+        upload = await self._upload(request, ("gallery_id", "person_id", "camera"))
+        f = upload.fields
         entry = make_entry(f.get("gallery_id"), f.get("person_id"), f.get("camera"))
-        return JSONResponse(await self.gallery.add.remote([entry], images))
+        return JSONResponse(await self.gallery.add.remote([entry], await self._images(upload)))
 
     @app.post("/gallery/batch", summary="Index several images (all or none)",
-              responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)},
               openapi_extra=_image_body({"meta": {"type": "string", "description": "JSON list, one object per "
-                                         "image: {gallery_id, person_id, camera}, all optional"}}, many=True))
+                                         "image: {gallery_id, person_id, camera}, all optional"}}, many=True),
+              responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)})
     async def gallery_add_batch(self, request: Request) -> JSONResponse:
-        images, f = await self._upload(request, ("meta",), max_files=self.cfg.max_files)
-        return JSONResponse(await self.gallery.add.remote(parse_meta(f.get("meta"), len(images)), images))
+        upload = await self._upload(request, ("meta",), max_files=self.cfg.max_files)
+        entries = parse_meta(upload.fields.get("meta"), len(upload.files))
+        return JSONResponse(await self.gallery.add.remote(entries, await self._images(upload)))
 
     @app.delete("/gallery/{gallery_id}", summary="Remove one image", responses=errors(404))
     async def gallery_remove(self, gallery_id: str) -> JSONResponse:

@@ -196,15 +196,14 @@ def test_gallery_errors_leave_it_unchanged():
 def test_resolve_and_follow_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         resolve_checkpoint(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="holds no model.pt"):
+    (tmp_path / "strategy.pt").write_bytes(b"1")  # a run's other .pt files are not Re-ID checkpoints
+    with pytest.raises(FileNotFoundError, match="holds none of model.pt, pretrained.pt"):
         resolve_checkpoint(tmp_path)
-    (tmp_path / "a.pt").write_bytes(b"1")
-    os.utime(tmp_path / "a.pt", ns=(1, 2_000_000_000))
-    (tmp_path / "b.pt").write_bytes(b"2")
-    os.utime(tmp_path / "b.pt", ns=(1, 1_000_000_000))
-    assert resolve_checkpoint(tmp_path).name == "a.pt"  # newest *.pt
+    (tmp_path / "pretrained.pt").write_bytes(b"2")
+    assert resolve_checkpoint(tmp_path).name == "pretrained.pt"  # before the loop's first round
     (tmp_path / "model.pt").write_bytes(b"3")
-    assert resolve_checkpoint(tmp_path).name == "model.pt"  # what the loop writes wins
+    assert resolve_checkpoint(tmp_path).name == "model.pt"  # the latest model wins
+    assert resolve_checkpoint(tmp_path / "strategy.pt").name == "strategy.pt"  # a file is taken as given
 
     follower = CheckpointFollower(tmp_path)
     path, fp = follower.poll()
@@ -213,8 +212,8 @@ def test_resolve_and_follow_checkpoints(tmp_path):
     (tmp_path / ".tmp").write_bytes(b"44")
     os.replace(tmp_path / ".tmp", tmp_path / "model.pt")  # atomic rewrite, as save_checkpoint does
     assert follower.poll()[0] == path
-    follower.follow(tmp_path / "b.pt")
-    assert follower.poll()[0].name == "b.pt"
+    follower.follow(tmp_path / "pretrained.pt")
+    assert follower.poll()[0].name == "pretrained.pt"
 
 
 def test_load_serving_model_reports_bad_checkpoints(tmp_path):
@@ -299,12 +298,14 @@ def test_reload_swaps_model_and_gallery_together_and_survives_bad_checkpoints(se
     assert svc.reload(os.path.join(service_cfg.checkpoint, "missing.pt")) is False
     assert "FileNotFoundError" in svc.version_info()["last_error"]["error"]
     assert svc.search(images[4:5], [1])[0][0][0]["gallery_id"] == "g4"
+    state = svc.remove(["g4", "g0"])
+    assert state.index.size == 3 and svc.search(images[4:5], [3])[0][0][0]["gallery_id"] != "g4"
 
 
 def test_service_needs_a_loadable_checkpoint_at_start(tmp_path):
     with pytest.raises(ValueError, match="checkpoint: required"):
         ReidService(ServeConfig(height=H, width=W))
-    with pytest.raises(FileNotFoundError, match="holds no model.pt"):
+    with pytest.raises(FileNotFoundError, match="holds none of model.pt"):
         ReidService(ServeConfig(checkpoint=str(tmp_path), height=H, width=W))
 
 

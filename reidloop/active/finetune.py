@@ -8,6 +8,11 @@ answers across the whole log form pseudo-identities (connected components of
 two or more images) and a fresh classifier over them adds the CE term of Eq. 3;
 its head learns ``head_lr_factor`` times faster than the pre-trained body, as
 fast-reid does for new heads.
+
+The pieces (:func:`finetune_data`, :func:`epoch_batches`, :func:`prepare_finetune`,
+:func:`finetune_step`) are shared with the Ray Train loop of ``trainers/ray_train.py``; every
+epoch is seeded by (seed, epoch) only, so a run resumed from an epoch checkpoint, or sharded over
+DDP workers, trains on the same batches as :func:`finetune` in one process.
 """
 from __future__ import annotations
 
@@ -35,6 +40,32 @@ class FinetuneStats:
     triplet: float
     ce: float
     seconds: float
+
+    def add(self, images: int, triplet: float, ce: float) -> None:
+        self.batches += 1
+        self.images += images
+        self.triplet += triplet
+        self.ce += ce
+
+    def finish(self, seconds: float) -> "FinetuneStats":
+        """Sums → per-batch means, and the wall time."""
+        self.seconds = seconds
+        if self.batches:
+            self.triplet /= self.batches
+            self.ce /= self.batches
+        return self
+
+
+@dataclass
+class FinetuneData:
+    """What a fine-tune trains on: the answered pairs (or, for "full", every label) and CE pseudo-labels."""
+
+    mode: Literal["pairs", "full"]
+    queries: np.ndarray | None
+    candidates: np.ndarray | None
+    answers: np.ndarray | None
+    ce_labels: np.ndarray  # per pool image: pseudo-identity of Eq. 3, -1 for none
+    n_classes: int  # CE head size; 0: no CE term
 
 
 def components(n: int, pos_pairs: np.ndarray) -> np.ndarray:
@@ -88,18 +119,16 @@ def label_batches(labels: np.ndarray, per_batch: int, images_per_id: int, rng: n
         yield items, pairs[same[iu]], pairs[~same[iu]]
 
 
-def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneConfig, *, height: int,
-             width: int, precision: Precision, mode: Literal["pairs", "full"], seed: int,
-             queries: np.ndarray | None = None, candidates: np.ndarray | None = None,
-             answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None) -> FinetuneStats:
-    """Fine-tune ``model`` in place for cfg.epochs on the answered pairs (mode "pairs") or all labels ("full")."""
-    n = len(pool)
+def finetune_data(n: int, cfg: FinetuneConfig, mode: Literal["pairs", "full"], *,
+                  queries: np.ndarray | None = None, candidates: np.ndarray | None = None,
+                  answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None) -> FinetuneData | None:
+    """Validate the inputs of a fine-tune over a pool of ``n`` images; None when there is nothing to train on."""
     if mode == "pairs":
         if queries is None or candidates is None or answers is None:
             raise ValueError("finetune(mode='pairs') needs queries, candidates and answers")
         queries, candidates, answers = (np.asarray(a, dtype=np.int64) for a in (queries, candidates, answers))
         if len(queries) == 0:
-            return FinetuneStats(0, 0, 0.0, 0.0, 0.0)
+            return None
         ce_labels = components(n, np.stack([queries, candidates], 1)[answers > 0])
     elif mode == "full":
         if pool_labels is None:
@@ -107,53 +136,92 @@ def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneC
         _, ce_labels = np.unique(np.asarray(pool_labels), return_inverse=True)
     else:
         raise ValueError(f"finetune mode {mode!r} is not 'pairs' or 'full'")
-
-    dataset = ReidImageDataset(list(pool), build_transforms(height, width, train=True))
-    model = precision.prepare(model)
     n_classes = int(ce_labels.max()) + 1 if cfg.cross_entropy and (ce_labels >= 0).any() else 0
-    model.reset_classifier(n_classes)
+    return FinetuneData(mode, queries, candidates, answers, ce_labels, n_classes)
+
+
+def epoch_batches(data: FinetuneData, cfg: FinetuneConfig, seed: int, epoch: int) -> list[tuple]:
+    """The epoch's batches in order, those without a triplet (no positive or no negative pair) left out.
+
+    Seeded by (seed, epoch) alone, so a run resumed at any epoch — or sharded over DDP workers, each
+    taking every world_size-th batch — sees the same batches as an uninterrupted single-process run.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    batches = (pair_batches(data.queries, data.candidates, data.answers, cfg.queries_per_batch, rng)
+               if data.mode == "pairs" else label_batches(data.ce_labels, cfg.queries_per_batch, 4, rng))
+    return [b for b in batches if len(b[1]) and len(b[2])]
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Torch seed of one worker's epoch (augmentations): resumable at epoch granularity."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def prepare_finetune(model: torch.nn.Module, data: FinetuneData, cfg: FinetuneConfig, precision: Precision,
+                     seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Fresh CE head (seeded), model on the device in train mode, and Adam with a faster head."""
+    torch.manual_seed(seed)
+    model.reset_classifier(data.n_classes)
     model = precision.prepare(model)
     params = [{"params": [p for name, p in model.named_parameters()
                           if p.requires_grad and not name.startswith("classifier.")], "lr": cfg.lr}]
     if model.classifier is not None:
         params.append({"params": list(model.classifier.parameters()), "lr": cfg.lr * HEAD_LR_FACTOR})
-    optimizer = torch.optim.Adam(params, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
     model.train()
+    return model, torch.optim.Adam(params, weight_decay=cfg.weight_decay)
+
+
+def finetune_step(model: torch.nn.Module, dataset: ReidImageDataset, batch: tuple, data: FinetuneData,
+                  cfg: FinetuneConfig, precision: Precision, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+    """One update on a batch (items, pos, neg): triplet (Eq. 2) + CE over pseudo-identities (Eq. 3).
+
+    ``model`` may be DDP-wrapped; returns (triplet, ce) loss values.
+    """
+    items, pos, neg = batch
+    x = precision.batch(torch.stack([dataset[int(i)][0] for i in items]))
+    with precision.autocast():
+        out = model(x)
+    feats = out.features.float()
+    tri, _ = pair_triplet(feats, pos, neg, cfg.margin)
+    loss = tri
+    ce_val = 0.0
+    if data.n_classes:
+        lab = torch.as_tensor(data.ce_labels[items], device=feats.device)
+        keep = lab >= 0
+        if keep.any():
+            ce = cross_entropy_ls(out.logits.float()[keep], lab[keep], 0.1)
+            loss = loss + ce
+            ce_val = float(ce.detach())
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(tri.detach()), ce_val
+
+
+def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneConfig, *, height: int,
+             width: int, precision: Precision, mode: Literal["pairs", "full"], seed: int,
+             queries: np.ndarray | None = None, candidates: np.ndarray | None = None,
+             answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None) -> FinetuneStats:
+    """Fine-tune ``model`` in place for cfg.epochs on the answered pairs (mode "pairs") or all labels ("full")."""
+    data = finetune_data(len(pool), cfg, mode, queries=queries, candidates=candidates, answers=answers,
+                         pool_labels=pool_labels)
+    if data is None:
+        return FinetuneStats(0, 0, 0.0, 0.0, 0.0)
+    dataset = ReidImageDataset(list(pool), build_transforms(height, width, train=True))
+    model, optimizer = prepare_finetune(model, data, cfg, precision, seed)
+    scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
     stats = FinetuneStats(0, 0, 0.0, 0.0, 0.0)
     start = time.perf_counter()
-    for _epoch in range(cfg.epochs):
-        batches = (pair_batches(queries, candidates, answers, cfg.queries_per_batch, rng) if mode == "pairs"
-                   else label_batches(ce_labels, cfg.queries_per_batch, 4, rng))
-        for items, pos, neg in batches:
-            if len(pos) == 0 or len(neg) == 0:
-                continue  # no triplet can be formed in this batch
-            x = precision.batch(torch.stack([dataset[int(i)][0] for i in items]))
-            with precision.autocast():
-                out = model(x)
-            feats = out.features.float()
-            tri, _ = pair_triplet(feats, pos, neg, cfg.margin)
-            loss = tri
-            ce_val = 0.0
-            if model.classifier is not None:
-                lab = torch.as_tensor(ce_labels[items], device=feats.device)
-                keep = lab >= 0
-                if keep.any():
-                    ce = cross_entropy_ls(out.logits.float()[keep], lab[keep], 0.1)
-                    loss = loss + ce
-                    ce_val = float(ce.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            stats.batches += 1
-            stats.images += len(items)
-            stats.triplet += float(tri.detach())
-            stats.ce += ce_val
+    for epoch in range(cfg.epochs):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        for batch in epoch_batches(data, cfg, seed, epoch):
+            stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler))
     model.reset_classifier(0)
     model.eval()
-    stats.seconds = time.perf_counter() - start
-    if stats.batches:
-        stats.triplet /= stats.batches
-        stats.ce /= stats.batches
-    return stats
+    return stats.finish(time.perf_counter() - start)

@@ -32,15 +32,16 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from .. import atomic
 from ..answer_log import AnswerLog
 from ..config import LoopJob, save_config, to_dict
 from ..data.records import ImageRecord, ReidSplits
 from ..data.registry import build_splits, split_identities
-from ..dral.env import QueryEpisodeEnv
+from ..dral.env import QueryEpisodeEnv, reset_episode
 from ..dral.metric import Metric, fit_metric
 from ..engine.evaluate import evaluate_features, format_metrics
 from ..engine.features import extract_features
-from ..engine.precision import Precision, resolve_device, resolve_precision
+from ..engine.precision import resolve_device, resolve_precision
 from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..oracle import BudgetExhausted, SimulatedOracle
@@ -91,12 +92,7 @@ def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates
                 features: np.ndarray, metric: Metric, known: dict[int, int], answer_fn: AnswerFn,
                 round_: int) -> int:
     """One query: ask up to Kmax candidates; returns the number of questions asked."""
-    idx = np.concatenate([[query], candidates])
-    D = metric.pairwise(features[idx], features[idx])
-    D = (D + D.T) / 2.0
-    np.fill_diagonal(D, 0.0)
-    obs, info = env.reset(options={"query": int(query), "candidates": candidates, "distances": D, "known": known})
-    mask = info["action_mask"]
+    obs, mask = reset_episode(env, query, candidates, features, metric, known)
     while mask.any() and env.questions_asked < env.kmax:
         a = strategy.select(env, obs, mask)
         c = int(candidates[a])
@@ -206,13 +202,29 @@ class ActiveLearningLoop:
             return load_checkpoint(path)[0]
         job = self.job
         model = build_model(job.model, num_classes=len({r.pid for r in labelled}))
+        self.pretrain(model, labelled)
+        model.reset_classifier(0)
+        save_checkpoint(path, model, extra={"pretrained_on": len(labelled), "model_config": to_dict(job.model)})
+        return model
+
+    # ---- override points (the Ray loop of services/ray_loop.py replaces these)
+    def pretrain(self, model, labelled: Sequence[ImageRecord]) -> None:
+        """Supervised pre-training of ``model`` (classifier over the labelled ids) in place."""
+        job = self.job
         precision = resolve_precision(job.pretrain.amp, self.device)
         log.info("pre-training %s on %d images (%s)", job.model.backbone, len(labelled), precision.describe())
         train_supervised(model, labelled, height=job.data.height, width=job.data.width, cfg=job.pretrain,
                          precision=precision, num_workers=job.data.num_workers, progress=self.progress)
-        model.reset_classifier(0)
-        save_checkpoint(path, model, extra={"pretrained_on": len(labelled), "model_config": to_dict(job.model)})
-        return model
+
+    def make_strategy(self) -> Strategy:
+        return build_strategy(self.job.strategy, self.job.dral, seed=self.job.seed)
+
+    def open_oracle(self, pids: np.ndarray, budget: int, pool: Sequence[ImageRecord]):
+        """(answer log, oracle): the log is read / flushed / compacted by ``run``, the oracle asked."""
+        answer_log = AnswerLog(self.out / "answers", flush_every=self.job.oracle.flush_every)
+        oracle = SimulatedOracle(pids, replace(self.job.oracle, budget=budget), log=answer_log,
+                                 paths=[r.path for r in pool])
+        return answer_log, oracle
 
     def embed(self, model, records, desc: str) -> np.ndarray:
         return extract_features(model, records, height=self.job.data.height, width=self.job.data.width,
@@ -256,11 +268,9 @@ class ActiveLearningLoop:
         pids = np.array([r.pid for r in pool])
         n = len(pool)
         order = np.random.default_rng(job.seed).permutation(n)[: job.max_queries or n]
-        strategy = build_strategy(job.strategy, job.dral, seed=job.seed)
+        strategy = self.make_strategy()
         budget = job.oracle.budget if job.oracle.budget is not None else len(order) * job.dral.kmax
-        answer_log = AnswerLog(self.out / "answers", flush_every=job.oracle.flush_every)
-        oracle = SimulatedOracle(pids, replace(job.oracle, budget=budget), log=answer_log,
-                                 paths=[r.path for r in pool])
+        answer_log, oracle = self.open_oracle(pids, budget, pool)
         result = LoopResult(output_dir=str(self.out))
         start = time.perf_counter()
 
@@ -319,15 +329,9 @@ class ActiveLearningLoop:
         """Round r's checkpoint: model, strategy, metrics — then the marker that makes it count."""
         save_checkpoint(self.out / "model.pt", model, extra={"round": r, "answers": answers,
                                                              **{k: result.rounds[-1][k] for k in METRIC_KEYS}})
-        tmp = self.out / "strategy.pt.tmp"
-        torch.save(strategy.state_dict(), tmp)
-        tmp.replace(self.out / "strategy.pt")
-        tmp = self.out / "rounds.parquet.tmp"
-        pq.write_table(pa.Table.from_pylist(result.rounds), tmp)
-        tmp.replace(self.out / "rounds.parquet")
-        tmp = self.out / "state.json.tmp"
-        tmp.write_text(json.dumps({"completed_round": r, "answers": answers}))
-        tmp.replace(self.out / "state.json")
+        atomic.torch_save(strategy.state_dict(), self.out / "strategy.pt")
+        atomic.write_parquet(pa.Table.from_pylist(result.rounds), self.out / "rounds.parquet")
+        atomic.write_json(self.out / "state.json", {"completed_round": r, "answers": answers})
 
     def _load_state(self, model, strategy: Strategy, result: LoopResult) -> int:
         """Restore the last completed round's checkpoint; returns its number (0: fresh start)."""
@@ -359,9 +363,7 @@ class ActiveLearningLoop:
                    "annotation_fraction_of_all_pairs": result.answers / max(pool * (pool - 1) / 2, 1),
                    "initial": {k: first[k] for k in METRIC_KEYS}, "final": {k: last[k] for k in METRIC_KEYS},
                    "config": to_dict(self.job)}
-        tmp = self.out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(self.out / "summary.json")
+        atomic.write_json(self.out / "summary.json", summary)
         plot_curve(result.rounds, self.out / "curve.png", title=f"{self.job.strategy} on {splits.name}")
 
 

@@ -59,8 +59,8 @@ class DeploymentConfig:
 class ServeConfig:
     """`python -m trainers.serve` — the current Re-ID model over HTTP."""
 
-    # A checkpoint file (save_checkpoint format) or a training run's output folder: its model.pt,
-    # else its newest *.pt, is followed and reloaded whenever it changes.
+    # A checkpoint file (save_checkpoint format) or a training run's output folder: its model.pt
+    # (else pretrained.pt) is followed and reloaded whenever it changes.
     checkpoint: Optional[str] = None
     watch_interval_s: float = 2.0  # seconds between checks of the checkpoint (0: only reload on reconfigure)
     host: str = "127.0.0.1"  # the HTTP proxy binds here; 0.0.0.0 exposes it beyond this machine

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import torch_save
 from ..config.schema import DralConfig
 
 FORMAT = "reidloop.dral.DQNAgent/1"
@@ -210,18 +211,7 @@ class DQNAgent:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint atomically (temporary file in the same folder, then os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        torch_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, cfg: DralConfig, obs_dim: Optional[int] = None,

@@ -22,6 +22,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ..config.schema import DralConfig
+from .metric import Metric
 from .reward import query_reward
 from .state import kappa_reciprocal, similarity_from_distance
 from .transitions import apply_answer
@@ -200,3 +201,14 @@ class QueryEpisodeEnv(gymnasium.Env):
 
     def _info(self) -> dict[str, Any]:
         return {"action_mask": self.action_mask, "query": self.query, "questions_asked": self.questions_asked}
+
+
+def reset_episode(env: QueryEpisodeEnv, query: int, candidates: np.ndarray, features: np.ndarray,
+                  metric: Metric, known: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Start the query's episode on the metric's distances over [q, candidates] (Eq. 4); (obs, mask)."""
+    idx = np.concatenate([[query], candidates])
+    D = metric.pairwise(features[idx], features[idx])
+    D = (D + D.T) / 2.0
+    np.fill_diagonal(D, 0.0)
+    obs, info = env.reset(options={"query": int(query), "candidates": candidates, "distances": D, "known": known})
+    return obs, info["action_mask"]

@@ -1,12 +1,12 @@
 """Single-process jobs behind the command line: pre-train, evaluate."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ..atomic import write_json
 from ..config import EvaluateJob, PretrainJob, save_config, to_dict
 from ..data.registry import build_splits
 from ..models import build_model, load_checkpoint, save_checkpoint
@@ -15,12 +15,6 @@ from .precision import resolve_device, resolve_precision
 from .train import train_supervised
 
 log = logging.getLogger(__name__)
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
 
 
 def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
@@ -44,7 +38,7 @@ def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
     train_s = time.perf_counter() - start
     save_checkpoint(out / "model.pt", model, extra={
         "dataset": splits.name, "epochs": job.train.epochs, "model_config": to_dict(job.model)})
-    _write_json(out / "history.json", [asdict(h) for h in history])
+    write_json(out / "history.json", [asdict(h) for h in history])
     eval_precision = resolve_precision(job.eval.amp, device)
     metrics = evaluate_model(model, splits.query, splits.gallery, height=job.data.height, width=job.data.width,
                              cfg=job.eval, precision=eval_precision, num_workers=job.data.num_workers,
@@ -52,7 +46,7 @@ def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
     summary = {"dataset": splits.name, "backbone": job.model.backbone, "weights": job.model.weights,
                "epochs": job.train.epochs, "train_seconds": round(train_s, 1),
                "precision": train_precision.describe(), **metrics}
-    _write_json(out / "metrics.json", summary)
+    write_json(out / "metrics.json", summary)
     print(format_metrics({f"{job.model.backbone} ({job.train.epochs} ep)": metrics}))
     return summary
 
@@ -76,5 +70,5 @@ def run_evaluate(job: EvaluateJob, progress: bool = True) -> dict:
                "precision": precision.describe(), **metrics}
     if job.output:
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
-        _write_json(Path(job.output), summary)
+        write_json(Path(job.output), summary)
     return summary

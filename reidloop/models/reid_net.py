@@ -9,14 +9,13 @@ post-BN feature with ``neck="bnneck"``, else f.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
+from ..atomic import torch_save
 from ..config.schema import ModelConfig
 from .backbones import BACKBONE_NAMES, build_backbone
 from .weights import load_backbone_weights
@@ -109,14 +108,7 @@ def save_checkpoint(path: str | Path, model: ReidNet, extra: Optional[dict] = No
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"model": state, "config": model.config(), "num_classes": model.num_classes, "extra": extra}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    torch_save(payload, path)
 
 
 def load_checkpoint(path: str | Path) -> tuple[ReidNet, dict]:

@@ -23,21 +23,22 @@ from ..engine.precision import Precision
 from ..models import load_checkpoint
 from .images import InputTransform
 
-CHECKPOINT_NAME = "model.pt"  # what ActiveLearningLoop writes into its output_dir
+# What a run folder may hold, in order of preference: the loop's latest model (rewritten every round,
+# and the pretrain job's output), else the loop's pre-trained starting point. Other *.pt files of a
+# run (strategy.pt, state.pt, sorter.pt) are not Re-ID checkpoints.
+CHECKPOINT_NAMES = ("model.pt", "pretrained.pt")
 
 
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
-    """A checkpoint file itself; a folder's ``model.pt``, else its newest ``*.pt``; FileNotFoundError otherwise."""
+    """A checkpoint file itself, or the first of CHECKPOINT_NAMES in a run folder; FileNotFoundError otherwise."""
     p = Path(source)
     if p.is_file():
         return p
     if p.is_dir():
-        if (p / CHECKPOINT_NAME).is_file():
-            return p / CHECKPOINT_NAME
-        found = [f for f in p.glob("*.pt") if f.is_file()]
-        if found:
-            return max(found, key=lambda f: (f.stat().st_mtime_ns, f.name))
-        raise FileNotFoundError(f"checkpoint folder {p} holds no {CHECKPOINT_NAME} or other *.pt file")
+        for name in CHECKPOINT_NAMES:
+            if (p / name).is_file():
+                return p / name
+        raise FileNotFoundError(f"checkpoint folder {p} holds none of {', '.join(CHECKPOINT_NAMES)} (yet)")
     raise FileNotFoundError(f"checkpoint not found: {p} (expected a .pt file or a run's output folder)")
 
 

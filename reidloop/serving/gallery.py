@@ -5,8 +5,9 @@ and never change what an existing one returns, so a search running on one snapsh
 by concurrent mutations or a model swap. Adds are amortised O(batch): embeddings live in a growing
 buffer and a snapshot only reads its own first ``size`` rows, which later adds never overwrite.
 
-Search ranks the gallery by the distance the offline evaluation uses (DRAL Sec. 4: Euclidean
-distance between embeddings; cosine optional) and returns the ``k`` nearest, nearest first.
+Search ranks the gallery by the distance the offline evaluation uses (``reidloop.engine.evaluate``:
+Euclidean between the CNN embeddings of DRAL Sec. 3.1; cosine optional) and returns the ``k``
+nearest, nearest first.
 """
 from __future__ import annotations
 

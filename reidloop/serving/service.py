@@ -62,21 +62,20 @@ class ReidService:
         s = self._state
         return s.index.search(s.model.embed(images), ks, self.cfg.metric), s.model.version, s.index.size
 
-    def add(self, entries: Sequence[GalleryEntry], images: Sequence[torch.Tensor]) -> int:
-        """Embed and index ``images`` under ``entries`` (all or none); returns the new gallery size."""
+    def add(self, entries: Sequence[GalleryEntry], images: Sequence[torch.Tensor]) -> ServingState:
+        """Embed and index ``images`` under ``entries`` (all or none); returns the new state."""
         with self._lock:
             s = self._state
             index = s.index.add(entries, list(images), s.model.embed(images), self.cfg.max_gallery_size)
             self._state = ServingState(s.model, index)
-            return index.size
+            return self._state
 
-    def remove(self, gallery_ids: Sequence[str]) -> int:
-        """Drop ``gallery_ids`` (all or none: 404 if any is unknown); returns the new gallery size."""
+    def remove(self, gallery_ids: Sequence[str]) -> ServingState:
+        """Drop ``gallery_ids`` (all or none: 404 if any is unknown); returns the new state."""
         with self._lock:
             s = self._state
-            index = s.index.remove(gallery_ids)
-            self._state = ServingState(s.model, index)
-            return index.size
+            self._state = ServingState(s.model, s.index.remove(gallery_ids))
+            return self._state
 
     def reload(self, source: Optional[str] = None) -> bool:
         """Swap to the followed checkpoint if it changed (or to ``source``, which is then followed).

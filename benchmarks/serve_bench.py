@@ -1,0 +1,241 @@
+"""HTTP serving benchmark: POST /embed on loopback at several concurrency levels, with and without
+``@serve.batch``, against embedding the same images in-process.
+
+    python -m benchmarks.serve_bench --backbone resnet18 --height 128 --width 64 --requests 200
+
+In-process does what one request costs minus HTTP and Ray Serve: decode the PNG, resize, normalise,
+one forward pass (batch 1), sequentially. On a shared machine the speed available drifts, so every
+HTTP level is *paired* with an in-process run of the same images measured right before it:
+``overhead`` = HTTP p50 latency / paired in-process p50, ``vs in-proc`` = HTTP requests/s / paired
+in-process images/s. One extra row embeds the decoded images ``max_batch_size`` at a time in-process
+(the ceiling batching can reach). Writes ``benchmarks/results/serve_bench.{json,csv}``.
+Model weights are random: speed does not depend on them.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+MAX_PIXELS = 1 << 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def summary(lat_s: list[float], wall_s: float, n: int) -> dict:
+    ms = np.asarray(lat_s) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "rps": n / wall_s,
+            "load_avg_1m": os.getloadavg()[0]}
+
+
+def make_images(n: int, height: int, width: int, root: str) -> list[bytes]:
+    """``n`` PNGs of the built-in synthetic Re-ID set at the model's input size."""
+    from reidloop.config import SyntheticConfig
+    from reidloop.data.synthetic import synthetic_splits
+
+    splits = synthetic_splits(SyntheticConfig(train_ids=2, test_ids=max(2, (n + 3) // 4), images_per_camera=2,
+                                              height=height, width=width, seed=0), root)
+    return [Path(r.path).read_bytes() for r in (splits.gallery + splits.query)[:n]]
+
+
+class InProcess:
+    """The served model called directly, on the same images and precision as the service."""
+
+    def __init__(self, checkpoint: str, images: list[bytes], height: int, width: int) -> None:
+        from reidloop.engine.precision import resolve_device, resolve_precision
+        from reidloop.serving import InputTransform, load_serving_model
+
+        self.device = resolve_device("auto")
+        self.transform = InputTransform(height, width)
+        self.model = load_serving_model(Path(checkpoint), resolve_precision("auto", self.device), self.transform)
+        self.images = images
+        self.run(10)  # warm-up
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def run(self, n: int) -> dict:
+        """``n`` images one at a time: bytes → embedding."""
+        lat = []
+        start = time.perf_counter()
+        for i in range(n):
+            t0 = time.perf_counter()
+            self.model.embed([self.transform(self.images[i % len(self.images)], max_pixels=MAX_PIXELS)])
+            self._sync()
+            lat.append(time.perf_counter() - t0)
+        return summary(lat, time.perf_counter() - start, n)
+
+    def run_batched(self, n: int, batch_size: int) -> dict:
+        """``n`` decoded images, ``batch_size`` per forward pass (latency is per batch)."""
+        decoded = [self.transform(self.images[i % len(self.images)], max_pixels=MAX_PIXELS) for i in range(n)]
+        lat = []
+        start = time.perf_counter()
+        for i in range(0, n, batch_size):
+            t0 = time.perf_counter()
+            self.model.embed(decoded[i:i + batch_size])
+            self._sync()
+            lat.append(time.perf_counter() - t0)
+        return summary(lat, time.perf_counter() - start, n)
+
+
+async def drive(url: str, images: list[bytes], concurrency: int, requests: int) -> tuple[dict, int]:
+    """Send ``requests`` POST /embed (raw image/png bodies) with ``concurrency`` in flight."""
+    import aiohttp
+
+    lat: list[float] = []
+    failures = 0
+
+    async def worker(session, todo):
+        nonlocal failures
+        for i in todo:
+            t0 = time.perf_counter()
+            async with session.post(url + "/embed", data=images[i % len(images)],
+                                    headers={"content-type": "image/png"}) as r:
+                body = await r.read()
+                if r.status != 200 or b"embedding" not in body:
+                    failures += 1
+            lat.append(time.perf_counter() - t0)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        warm_up = iter(range(2 * concurrency))
+        await asyncio.gather(*(worker(session, warm_up) for _ in range(concurrency)))
+        lat.clear()
+        todo = iter(range(requests))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session, todo) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return summary(lat, wall, requests), failures
+
+
+def http_levels(checkpoint: str, local: InProcess, args, batching: bool, port: int) -> list[dict]:
+    from ray import serve
+
+    from reidloop.config.serve import DeploymentConfig, ServeConfig
+    from services.serve_app import deploy
+
+    dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=max(64, args.max_batch_size))
+    cfg = ServeConfig(checkpoint=checkpoint, port=port, app_name="bench", height=args.height, width=args.width,
+                      watch_interval_s=0.0, torch_threads=args.threads, batching=batching,
+                      max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
+                      ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), embedder=dep, gallery=dep)
+    url = deploy(cfg)
+    rows = []
+    try:
+        for c in args.concurrency:
+            base = local.run(args.baseline_requests)
+            res, failures = asyncio.run(drive(url, local.images, c, args.requests))
+            rows.append({"mode": "http /embed", "batching": "on" if batching else "off", "concurrency": c,
+                         "requests": args.requests, **res, "failures": failures,
+                         "base_p50_ms": base["p50_ms"], "base_rps": base["rps"],
+                         "overhead_p50": res["p50_ms"] / base["p50_ms"], "vs_inprocess_rps": res["rps"] / base["rps"]})
+            print(f"  http batching={'on' if batching else 'off'} c={c}: p50 {res['p50_ms']:.1f} ms, "
+                  f"{res['rps']:.1f} req/s (paired in-process: p50 {base['p50_ms']:.1f} ms, "
+                  f"{base['rps']:.1f} img/s)", flush=True)
+    finally:
+        serve.delete(cfg.app_name)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = (f"| {'mode':<26} | batching | concurrency | p50 ms | p99 ms | req/s | in-proc p50 ms | in-proc img/s "
+            f"| overhead (p50) | vs in-proc (req/s) |")
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    for r in rows:
+        overhead = "-" if r["overhead_p50"] is None else f"{r['overhead_p50']:.2f}x"
+        lines.append(f"| {r['mode']:<26} | {r['batching']:<8} | {r['concurrency']:>11} | {r['p50_ms']:>6.1f} | "
+                     f"{r['p99_ms']:>6.1f} | {r['rps']:>5.1f} | {r['base_p50_ms']:>14.1f} | {r['base_rps']:>13.1f} "
+                     f"| {overhead:>14} | {r['vs_inprocess_rps']:>17.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--height", type=int, default=128)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--requests", type=int, default=200, help="HTTP requests per concurrency level")
+    p.add_argument("--baseline-requests", type=int, default=100, help="in-process images before each level")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--images", type=int, default=32, help="distinct images cycled through")
+    p.add_argument("--max-batch-size", type=int, default=16)
+    p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads, in-process and per model replica (1: stable on a small shared CPU)")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    import ray
+    from ray import serve
+
+    from reidloop.config import ModelConfig
+    from reidloop.models import build_model, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = os.path.join(tmp, "model.pt")
+        torch.manual_seed(0)
+        save_checkpoint(checkpoint, build_model(ModelConfig(backbone=args.backbone), num_classes=0))
+        local = InProcess(checkpoint, make_images(args.images, args.height, args.width, tmp), args.height, args.width)
+        precision = local.model.precision.describe()
+        print(f"{args.backbone} {args.height}x{args.width} {precision}, {len(local.images)} images, "
+              f"{args.requests} requests/level", flush=True)
+        single = local.run(args.requests)
+        batched = local.run_batched(args.requests, args.max_batch_size)
+        rows = [{"mode": "in-process", "batching": "-", "concurrency": 1, "requests": args.requests, **single},
+                {"mode": f"in-process batch {args.max_batch_size} *", "batching": "-", "concurrency": 1,
+                 "requests": args.requests, **batched}]
+        for r in rows:  # a latency ratio only where one call embeds one image
+            r.update(base_p50_ms=single["p50_ms"], base_rps=single["rps"], vs_inprocess_rps=r["rps"] / single["rps"],
+                     overhead_p50=None if r["mode"].endswith("*") else r["p50_ms"] / single["p50_ms"])
+        ray.init(include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
+        try:
+            port = free_port()  # Serve's HTTP options are fixed once it runs: both deployments share the port
+            for batching in (True, False):
+                rows += http_levels(checkpoint, local, args, batching, port)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    meta = {"backbone": args.backbone, "input": [args.height, args.width], "requests_per_level": args.requests,
+            "baseline_requests": args.baseline_requests, "max_batch_size": args.max_batch_size,
+            "batch_wait_timeout_s": args.batch_wait_s, "torch_threads": args.threads, "precision": precision,
+            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "note": "* latency per batch of max_batch_size images"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    keys = ["mode", "batching", "concurrency", "requests", "p50_ms", "p99_ms", "rps", "base_p50_ms", "base_rps",
+            "overhead_p50", "vs_inprocess_rps", "failures", "load_avg_1m"]
+    with open(out / "serve_bench.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    print(json.dumps(meta))
+    print(table(rows))
+    failed = sum(r.get("failures", 0) for r in rows)
+    if failed:
+        raise SystemExit(f"{failed} HTTP requests failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Environment workers and the lock-step that feeds their query episodes to the one agent.
+
+Each :class:`EnvWorker` actor holds the round's pool features and metric (one object-store copy per
+round, shared with the agent) and steps one DRAL query episode at a time (``QueryEpisodeEnv``: state
+of Eq. 4–5, transition of Eq. 6–8, reward of Eq. 9). :func:`run_lockstep` runs a round's queries on
+W workers in lock-step, so the questions asked depend on the seed alone, never on timing:
+
+1. idle workers reset the next queries in parallel (pairs already answered are applied for free);
+2. the agent observes the previous step's transitions, then selects W actions, in worker order;
+3. the labelling service answers the W questions in that order (a pair two episodes ask in the same
+   step is paid once; the second gets the recorded answer free);
+4. the workers apply the answers in parallel and return the transitions; repeat.
+
+With W = 1 this asks exactly what ``ActiveLearningLoop.ask_round`` asks in one process. The fixed
+cost of a step (three actor round trips and one durable log write) is shared by the W episodes,
+which is where W = 2 gains on one machine; the episode arithmetic itself runs in parallel.
+
+This module is imported by the worker processes: it needs numpy and gymnasium, never torch.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import ray
+
+from reidloop.config import DralConfig
+from reidloop.dral.env import QueryEpisodeEnv, reset_episode
+from reidloop.oracle import BudgetExhausted
+
+
+class LostActorState(RuntimeError):
+    """An actor was restarted (new incarnation): its in-memory state of this round is gone."""
+
+
+@dataclass(frozen=True)
+class EpisodeView:
+    """The part of a query episode a strategy may read (see ``Strategy.select``)."""
+
+    query: int
+    candidates: np.ndarray  # (ns,) pool indices, nearest first
+    distances: np.ndarray  # (ns+1, ns+1) over [q, candidates]
+
+
+@dataclass
+class Step:
+    """One answered question, the fields of ``reidloop.strategies.Transition`` in its order."""
+
+    obs: np.ndarray
+    action: int
+    reward: float
+    next_obs: np.ndarray
+    next_mask: np.ndarray
+    done: bool
+    answer: int
+    query: int
+    candidate: int
+
+
+@dataclass
+class Reset:
+    incarnation: str
+    view: EpisodeView
+    obs: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass
+class Applied:
+    incarnation: str
+    step: Step
+    asked: int  # questions asked in the episode so far
+    done: bool
+
+
+@ray.remote(num_cpus=0)
+class EnvWorker:
+    """Steps one query episode at a time on the round's features and metric."""
+
+    def __init__(self, dral: DralConfig) -> None:
+        self.env = QueryEpisodeEnv.from_config(dral)
+        self.incarnation = uuid.uuid4().hex
+        self.features: Optional[np.ndarray] = None
+        self.metric = None
+        self.obs: Optional[np.ndarray] = None
+
+    def set_round(self, features_metric: tuple) -> str:
+        self.features, self.metric = features_metric
+        return self.incarnation
+
+    def reset(self, query: int, candidates: np.ndarray, known: dict[int, int]) -> Reset:
+        env = self.env
+        self.obs, mask = reset_episode(env, query, candidates, self.features, self.metric, known)
+        return Reset(self.incarnation, EpisodeView(env.query, env.candidates, env.distances), self.obs, mask)
+
+    def apply(self, action: int, answer: int) -> Applied:
+        env = self.env
+        next_obs, reward, done, _, info = env.step_with_answer(action, answer)
+        mask = info["action_mask"]
+        step = Step(self.obs, int(action), float(reward), next_obs, mask, bool(done), int(answer),
+                    int(env.query), int(env.candidates[action]))
+        self.obs = next_obs
+        return Applied(self.incarnation, step, env.questions_asked, bool(done) or not mask.any())
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+@dataclass
+class Slot:
+    """One worker's current episode, as the driver tracks it."""
+
+    worker: object
+    incarnation: str = ""
+    query: int = -1
+    candidates: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    view: Optional[EpisodeView] = None
+    obs: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None
+    asked: int = 0
+    live: bool = False
+
+
+def _checked(slot: Slot, reply):
+    if reply.incarnation != slot.incarnation:
+        raise LostActorState("an environment worker was restarted and lost its episode")
+    return reply
+
+
+def prepare_workers(workers: list, features_metric_ref) -> list[Slot]:
+    """Give every worker the round's (features, metric): one object-store copy, shared with the agent."""
+    incarnations = ray.get([w.set_round.remote(features_metric_ref) for w in workers])
+    return [Slot(w, inc) for w, inc in zip(workers, incarnations)]
+
+
+def _refill(slots: list[Slot], queue: deque, queries: np.ndarray, cands: np.ndarray, asker) -> None:
+    """Idle slots take the next queries, in slot order, until each holds a live episode or none is left."""
+    while True:
+        idle = [s for s in slots if not s.live]
+        take = [(s, queue.popleft()) for s in idle[:len(queue)]]
+        if not take:
+            return
+        known = asker.known_batch([(int(queries[i]), cands[i].tolist()) for _, i in take])
+        replies = ray.get([s.worker.reset.remote(int(queries[i]), cands[i],
+                                                 {a: y for a, y in enumerate(k) if y is not None})
+                           for (s, i), k in zip(take, known)])
+        for (s, i), reply in zip(take, replies):
+            _checked(s, reply)
+            s.query, s.candidates, s.view, s.obs, s.mask = int(queries[i]), cands[i], reply.view, reply.obs, reply.mask
+            s.asked, s.live = 0, bool(reply.mask.any())
+
+
+def run_lockstep(slots: list[Slot], agent, asker, queries: np.ndarray, cands: np.ndarray, round_: int,
+                 kmax: int) -> int:
+    """Ask the round's queries (nearest candidates ``cands``) on the slots' workers; returns the questions put.
+
+    ``agent`` is a ``RemoteStrategy``, ``asker`` answers ``known_batch`` / ``ask_batch`` (``RoundAsker``).
+    Raises BudgetExhausted (after the agent has observed every answered question) when the budget runs out.
+    """
+    queue = deque(range(len(queries)))
+    steps: list[Step] = []
+    asked = 0
+    while True:
+        _refill(slots, queue, queries, cands, asker)
+        live = [s for s in slots if s.live]
+        if not live:
+            break
+        actions = agent.step(steps, [s.view for s in live], [s.obs for s in live], [s.mask for s in live])
+        steps = []
+        questions = [(s.query, int(s.candidates[a]), round_, s.asked) for s, a in zip(live, actions)]
+        answers = asker.ask_batch(questions, agent.name)
+        paid = [(s, a, y) for s, a, y in zip(live, actions, answers) if y is not None]
+        for (s, _, _), reply in zip(paid, ray.get([s.worker.apply.remote(a, y) for s, a, y in paid])):
+            _checked(s, reply)
+            steps.append(reply.step)
+            s.obs, s.mask, s.asked = reply.step.next_obs, reply.step.next_mask, reply.asked
+            s.live = not reply.done and s.asked < kmax
+        asked += len(paid)
+        if len(paid) < len(live):
+            agent.observe_batch(steps)
+            raise BudgetExhausted(f"annotation budget spent in round {round_}")
+    agent.observe_batch(steps)
+    return asked

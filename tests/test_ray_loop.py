@@ -1,0 +1,206 @@
+"""The loop on a real local Ray: actors, lock-step env workers, Ray Train, and runs that survive kills.
+
+Everything runs for real (one Ray per session, `ray_session` of conftest): tiny synthetic data
+(32×16 images, an untrained resnet18, 12 queries in 2 rounds). The runs that check failures keep
+fine-tuning off (`finetune.epochs=0`) so they stay fast; the end-to-end run fine-tunes through
+`TorchTrainer(num_workers=2)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from reidloop.active.loop import ActiveLearningLoop
+from reidloop.answer_log import AnswerLog
+from reidloop.config import ModelConfig, save_config
+from reidloop.models import build_model, load_checkpoint, save_checkpoint
+from test_active_loop import tiny_job
+
+pytestmark = pytest.mark.slow
+# Ray Train's controller polls its workers every 2 s by default: fine for real runs, slow for tiny tests.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
+@pytest.fixture(scope="module")
+def init_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
+    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("rayloop")
+
+
+def ray_job(work: Path, checkpoint: str, name: str, **over):
+    """tiny_job on Ray: 2 env workers, 2 Train workers of half a CPU (2-CPU session), no fine-tuning."""
+    sets = {"ray.env_workers": 2, "ray.train_workers": 2, "ray.cpus_per_train_worker": 0.5,
+            "ray.storage_path": str(work / "storage"), "finetune.epochs": 0, **over}
+    return tiny_job(work / name, checkpoint, work / "cache", **sets)
+
+
+def log_rows(out: Path) -> list[tuple[int, int, int]]:
+    t = AnswerLog(out / "answers").read()
+    return list(zip(*(t.column(c).to_pylist() for c in ("query", "candidate", "answer"))))
+
+
+def logged(out: Path) -> int:
+    """Answers on disk now (a part deleted by a concurrent compaction is skipped)."""
+    n = 0
+    for part in (out / "answers").glob("part-*.parquet"):
+        try:
+            n += pq.ParquetFile(part).metadata.num_rows
+        except (OSError, pa.ArrowException):
+            pass
+    return n
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)  # polling interval of a condition with a deadline
+    return value
+
+
+def pid_of(path: str) -> int:
+    return int(re.match(r"(\d+)_", Path(path).name).group(1))
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, work, init_checkpoint):
+    """An uninterrupted run (2 env workers) that the killed runs must reproduce."""
+    from services.ray_loop import RayActiveLearningLoop
+
+    job = ray_job(work, init_checkpoint, "reference")
+    result = RayActiveLearningLoop(job, progress=False).run()
+    return job, result, log_rows(work / "reference")
+
+
+def test_loop_through_actors_and_ray_train(ray_session, work, init_checkpoint):
+    from services.ray_loop import RayActiveLearningLoop
+
+    job = ray_job(work, init_checkpoint, "e2e", **{"finetune.epochs": 1, "oracle.budget": 24})
+    result = RayActiveLearningLoop(job, progress=False).run()
+    out = work / "e2e"
+
+    # what crossed from the labelling service: each answer logged once, correct, within the budget
+    table = AnswerLog(out / "answers").read()
+    assert table.column("question_id").to_pylist() == list(range(table.num_rows))
+    pairs = {(min(q, c), max(q, c)) for q, c, _ in log_rows(out)}
+    assert len(pairs) == table.num_rows == result.answers == 24  # the budget binds inside round 2
+    truth = [1 if pid_of(a) == pid_of(b) else -1
+             for a, b in zip(table.column("query_path").to_pylist(), table.column("candidate_path").to_pylist())]
+    assert table.column("answer").to_pylist() == truth
+    assert set(table.column("strategy").to_pylist()) == {"dral"}
+    assert np.bincount(table.column("query").to_numpy()).max() <= job.dral.kmax
+    assert sorted(set(table.column("round").to_pylist())) == [1, 2]
+
+    # what crossed from the agent: it learnt from every answered question
+    strategy = torch.load(out / "strategy.pt", weights_only=True)
+    assert strategy["steps"] >= result.answers and strategy["agent"]["replay"]["size"] == strategy["steps"]
+
+    # metrics per round, round checkpoints, and Ray Train's checkpoints of each fine-tune
+    rows = pq.read_table(out / "rounds.parquet").to_pylist()
+    assert [r["round"] for r in rows] == [0, 1, 2] and [r["answers"] for r in rows] == [0, 18, 24]
+    assert all(0.0 <= r["mAP"] <= 1.0 for r in rows) and all(r["finetune_seconds"] > 0 for r in rows[1:])
+    assert json.loads((out / "state.json").read_text()) == {"completed_round": 2, "answers": 24}
+    tag = f"e2e-{(out / 'ray_run_id').read_text()}"
+    for r in (1, 2):
+        ckpts = sorted((work / "storage" / f"{tag}-round{r}-finetune").glob("checkpoint_*/state.pt"))
+        assert ckpts, f"no Ray Train checkpoint for round {r}"
+        assert torch.load(ckpts[-1], weights_only=True)["epoch"] == 0
+    trained, meta = load_checkpoint(out / "model.pt")
+    init, _ = load_checkpoint(init_checkpoint)
+    assert meta["round"] == 2 and not torch.equal(trained.state_dict()["backbone.conv1.weight"],
+                                                  init.state_dict()["backbone.conv1.weight"])
+
+
+def test_killed_labelling_service_restarts_and_the_run_asks_the_same(ray_session, work, init_checkpoint,
+                                                                     reference):
+    import ray
+
+    from services.labelling_service import NAMESPACE, service_name
+    from services.ray_loop import RayActiveLearningLoop
+
+    job = ray_job(work, init_checkpoint, "kill-service")
+    out = work / "kill-service"
+    seen: dict = {}
+
+    def killer():
+        try:
+            wait_for(lambda: logged(out) >= 5, 300, "5 logged answers")
+            handle = ray.get_actor(service_name(str((out / "answers").resolve())), namespace=NAMESPACE)
+            seen["before"] = ray.get(handle.pid.remote())
+            ray.kill(handle, no_restart=False)
+            seen["after"] = ray.get(handle.pid.remote())  # served by the restarted actor
+        except BaseException as exc:  # reported by the main thread
+            seen["error"] = exc
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    result = RayActiveLearningLoop(job, progress=False).run()
+    thread.join(60)
+    assert "error" not in seen, seen.get("error")
+    assert seen["before"] != seen["after"]  # the actor really died and was restarted
+    rows = log_rows(out)
+    assert len({(min(q, c), max(q, c)) for q, c, _ in rows}) == len(rows) == result.answers
+    assert sorted(rows) == sorted(reference[2])
+
+
+def test_killed_driver_resumes_and_asks_the_same(ray_session, work, init_checkpoint, reference):
+    import ray
+
+    job = ray_job(work, init_checkpoint, "kill-driver")
+    out = work / "kill-driver"
+    config = work / "kill-driver.yaml"
+    save_config(job, config)
+    cmd = [sys.executable, "-m", "trainers.run_job", "--config", str(config), "--quiet",
+           "--set", f"ray.address={ray.get_runtime_context().gcs_address}"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    with open(work / "kill-driver.log", "w") as stderr:
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            wait_for(lambda: logged(out) >= 5 or first.poll() is not None, 300, "5 logged answers")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait(60)
+    assert first.returncode == -signal.SIGKILL, (work / "kill-driver.log").read_text()[-3000:]
+    killed_at = len(log_rows(out))
+    assert 5 <= killed_at < len(reference[2])
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rows = log_rows(out)
+    assert len({(min(q, c), max(q, c)) for q, c, _ in rows}) == len(rows)
+    assert sorted(rows) == sorted(reference[2])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["answers"] == reference[1].answers
+
+
+def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, work, init_checkpoint):
+    from services.ray_loop import RayActiveLearningLoop
+
+    over = {"ray.env_workers": 1, "strategy": "dral"}
+    local = ActiveLearningLoop(ray_job(work, init_checkpoint, "w1-local", **over), progress=False).run()
+    remote = RayActiveLearningLoop(ray_job(work, init_checkpoint, "w1-ray", **over), progress=False).run()
+    assert log_rows(work / "w1-ray") == log_rows(work / "w1-local")  # same questions, same order
+    assert remote.answers == local.answers > 0
+    for a, b in zip(local.rounds, remote.rounds):
+        assert a["mAP"] == pytest.approx(b["mAP"]) and a["answers"] == b["answers"]

@@ -1,0 +1,214 @@
+"""Pre-training and fine-tuning through Ray Train (``TorchTrainer``).
+
+* ``ScalingConfig(num_workers=ray.train_workers, use_gpu=ray.use_gpu)``, ``cpus_per_train_worker``
+  CPUs each; DDP via ``ray.train.torch.prepare_model`` (NCCL on GPUs, gloo on CPUs).
+* Data sharded per worker: every worker builds the same epoch batch list (the P×K sampler of
+  Eq. 1–3 for pre-training, the answered-pair batches of §3.3 / Eq. 2–3 for fine-tuning; both seeded
+  by (seed, epoch) only) and takes every world_size-th batch, the list padded by wrap-around so all
+  workers take the same number of DDP steps (as ``DistributedSampler`` pads).
+* Mixed precision per worker device (``resolve_precision``): bf16/fp16 autocast on GPUs, a GradScaler
+  for fp16; fp32 on CPUs without native bf16.
+* A checkpoint (model, optimizer, scaler, epoch, stats) reported every epoch to an absolute
+  ``storage_path`` (or a pyarrow filesystem URI); ``FailureConfig(max_failures)`` restarts failed
+  workers, and the loop continues from ``ray.train.get_checkpoint()``'s epoch. A run started again
+  under the same name resumes from the checkpoints in storage the same way.
+* The model goes in as an object ref of its CPU state dict; the final checkpoint's weights are loaded
+  back into the driver's model.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from typing import Callable, Optional, Sequence
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from torch.utils.data import DataLoader
+
+from reidloop.active.finetune import (FinetuneData, FinetuneStats, epoch_batches, epoch_seed, finetune_step,
+                                      prepare_finetune)
+from reidloop.config import LoopJob, RayConfig
+from reidloop.data.images import ReidImageDataset
+from reidloop.data.records import ImageRecord
+from reidloop.data.transforms import build_transforms
+from reidloop.engine.precision import resolve_precision
+from reidloop.engine.train import make_optimizer, train_epoch, train_loader, warmup_factor
+from reidloop.models import ReidNet
+
+STATE_FILE = "state.pt"
+
+
+# ------------------------------------------------------------------ helpers
+def storage_uri(path: str) -> str:
+    """Ray Train needs an absolute storage path; URIs (s3://, gs://, ...) pass through."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def model_payload(model: ReidNet) -> dict:
+    """What rebuilds the model anywhere: architecture, classifier size and the CPU state dict."""
+    return {"config": model.config(), "num_classes": model.num_classes,
+            "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def model_from_payload(payload: dict) -> ReidNet:
+    cfg = payload["config"]
+    model = ReidNet(cfg["backbone"], payload["num_classes"], neck=cfg["neck"], last_stride=cfg["last_stride"])
+    model.load_state_dict(payload["state"])
+    return model
+
+
+def shard(batches: Sequence, rank: int, world: int) -> list:
+    """Every world-th batch from ``rank``; the list is padded by wrap-around to a multiple of ``world``."""
+    n = len(batches)
+    if n == 0 or world == 1:
+        return list(batches)
+    total = -(-n // world) * world
+    return [batches[i % n] for i in range(rank, total, world)]
+
+
+def _worker_context() -> tuple[int, int, torch.device]:
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    return ctx.get_world_rank(), ctx.get_world_size(), device
+
+
+def _restore(raw: torch.nn.Module, optimizer, scaler, device) -> tuple[int, Optional[dict]]:
+    """Load the latest checkpoint of this run if there is one; returns (first epoch to run, its extra)."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return 0, None
+    with ckpt.as_directory() as d:
+        state = torch.load(os.path.join(d, STATE_FILE), map_location=device, weights_only=True)
+    raw.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return int(state["epoch"]) + 1, state["extra"]
+
+
+def _report(metrics: dict, epoch: int, raw: torch.nn.Module, optimizer, scaler, extra: dict, rank: int) -> None:
+    """Every worker reports (a barrier); rank 0 attaches the checkpoint of the epoch just finished."""
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            torch.save({"model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "epoch": epoch, "extra": extra}, os.path.join(d, STATE_FILE))
+            checkpoint = Checkpoint.from_directory(d)
+        ray.train.report({"epoch": epoch, **metrics}, checkpoint=checkpoint)
+
+
+def _scaler(precision):
+    return torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
+
+
+# ------------------------------------------------------------ the per-worker loops
+def finetune_loop(config: dict) -> None:
+    """Fine-tuning on answered pairs (or all labels), one Ray Train worker's share."""
+    rank, world, device = _worker_context()
+    cfg, data, seed = config["cfg"], config["data"], config["seed"]
+    precision = resolve_precision(cfg.amp, device)
+    raw, optimizer = prepare_finetune(model_from_payload(ray.get(config["model"])), data, cfg, precision, seed)
+    scaler = _scaler(precision)
+    start, extra = _restore(raw, optimizer, scaler, device)
+    stats = FinetuneStats(**extra) if extra else FinetuneStats(0, 0, 0.0, 0.0, 0.0)
+    model = ray.train.torch.prepare_model(raw, parallel_strategy_kwargs={"find_unused_parameters": True})
+    dataset = ReidImageDataset(config["pool"], build_transforms(config["height"], config["width"], train=True))
+    for epoch in range(start, cfg.epochs):
+        torch.manual_seed(epoch_seed(seed, epoch, rank))
+        for batch in shard(epoch_batches(data, cfg, seed, epoch), rank, world):
+            stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler))
+        _report({"batches": stats.batches}, epoch, raw, optimizer, scaler, asdict(stats), rank)
+    if start >= cfg.epochs:  # restored from the final checkpoint: register it again as this run's result
+        _report({"batches": stats.batches}, cfg.epochs - 1, raw, optimizer, scaler, asdict(stats), rank)
+
+
+def pretrain_loop(config: dict) -> None:
+    """Supervised P×K training (CE + batch-hard triplet, Eq. 1–3), one Ray Train worker's share."""
+    rank, world, device = _worker_context()
+    cfg = config["cfg"]
+    precision = resolve_precision(cfg.amp, device)
+    raw = precision.prepare(model_from_payload(ray.get(config["model"])))
+    optimizer = make_optimizer(raw, cfg)
+    scaler = _scaler(precision)
+    start, extra = _restore(raw, optimizer, scaler, device)
+    history = list(extra["history"]) if extra else []
+    model = ray.train.torch.prepare_model(raw)
+    loader, sampler, _ = train_loader(config["records"], config["height"], config["width"], cfg,
+                                      config["num_workers"], config["skip_bad"])
+    size = cfg.ids_per_batch * cfg.images_per_id
+    for epoch in range(start, cfg.epochs):
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        batches = shard([order[i:i + size] for i in range(0, len(order), size)], rank, world)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * warmup_factor(epoch, cfg)
+        mine = DataLoader(loader.dataset, batch_sampler=batches, num_workers=config["num_workers"])
+        stats = train_epoch(model, mine, optimizer, cfg, precision, epoch, scaler, progress=False)
+        history.append(asdict(stats))
+        _report(asdict(stats), epoch, raw, optimizer, scaler, {"history": history}, rank)
+    if start >= cfg.epochs:
+        _report({}, cfg.epochs - 1, raw, optimizer, scaler, {"history": history}, rank)
+
+
+# ------------------------------------------------------------------ the driver side
+def trainer(loop: Callable[[dict], None], config: dict, ray_cfg: RayConfig, name: str) -> TorchTrainer:
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return TorchTrainer(
+        loop, train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=ray_cfg.train_workers, use_gpu=ray_cfg.use_gpu,
+                                     resources_per_worker={"CPU": ray_cfg.cpus_per_train_worker}),
+        torch_config=TorchConfig(backend="nccl" if ray_cfg.use_gpu else "gloo"),
+        run_config=RunConfig(name=name, storage_path=storage_uri(ray_cfg.storage_path),
+                             failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": threads}} if threads else None))
+
+
+def _fit(loop, config: dict, ray_cfg: RayConfig, name: str) -> dict:
+    result = trainer(loop, config, ray_cfg, name).fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name!r} ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
+
+
+def _load_weights(model: ReidNet, state: dict) -> None:
+    """The trained weights into the driver's model, whose classifier (if any) has the same size."""
+    model.load_state_dict({k: v for k, v in state.items() if model.classifier is not None
+                           or not k.startswith("classifier.")})
+
+
+def fit_finetune(model: ReidNet, pool: Sequence[ImageRecord], job: LoopJob, data: FinetuneData, seed: int,
+                 name: str) -> FinetuneStats:
+    """Fine-tune ``model`` in place through Ray Train; same batches and seeds as ``reidloop.active.finetune``."""
+    start = time.perf_counter()
+    model.reset_classifier(0)
+    config = {"model": ray.put(model_payload(model)), "cfg": job.finetune, "data": data, "seed": seed,
+              "pool": list(pool), "height": job.data.height, "width": job.data.width}
+    state = _fit(finetune_loop, config, job.ray, name)
+    _load_weights(model, state["model"])
+    model.eval()
+    return FinetuneStats(**state["extra"]).finish(time.perf_counter() - start)
+
+
+def fit_pretrain(model: ReidNet, records: Sequence[ImageRecord], job: LoopJob, name: str) -> list[dict]:
+    """Supervised pre-training of ``model`` (classifier over the records' ids) in place; the epoch history."""
+    config = {"model": ray.put(model_payload(model)), "cfg": job.pretrain, "records": list(records),
+              "height": job.data.height, "width": job.data.width, "num_workers": job.data.num_workers,
+              "skip_bad": job.data.skip_bad_images}
+    state = _fit(pretrain_loop, config, job.ray, name)
+    _load_weights(model, state["model"])
+    return state["extra"]["history"]
+

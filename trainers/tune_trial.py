@@ -1,0 +1,95 @@
+"""One Ray Tune trial of a sweep: the active-learning loop (DRAL Algorithm 1) with sampled hyperparameters.
+
+The loop runs in ``<sweep>/trial_<id>/loop`` (the trial's folder in the sweep's storage), where it
+resumes by itself after an interruption. After each round it has written its round checkpoint
+(model, strategy, answer log, rounds.parquet); the trial then reports that round's metrics — answers
+used, mAP, rank-1, ``answers_to_target`` — with ``tune.report`` and the loop folder as a
+``tune.Checkpoint``. A trial that is resumed (paused, retried after a failure, or restored with
+``Tuner.restore``) continues after its last completed round — from its loop folder, or from
+``tune.get_checkpoint()`` where that holds a later round (e.g. the folder was lost) — so no round is
+counted twice and no answer is bought twice.
+
+Every start is appended to ``events.jsonl`` in the trial's folder of the sweep, with the round it
+restored; the sweep table counts them (``starts``).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from ray import tune
+
+from reidloop.config.sweep import job_for, rounds_of
+from reidloop.sweeps.objective import completed_round, round_report
+
+
+def loop_class(kind: str):
+    """``local``: the in-process ActiveLearningLoop; ``ray``: services.ray_loop.RayActiveLearningLoop."""
+    if kind == "local":
+        from reidloop.active.loop import ActiveLearningLoop
+
+        return ActiveLearningLoop
+    if kind == "ray":
+        if importlib.util.find_spec("services.ray_loop") is None:
+            raise RuntimeError("resources.loop: ray needs services/ray_loop.py (RayActiveLearningLoop), "
+                               "which this checkout does not have; use resources.loop: local")
+        from services.ray_loop import RayActiveLearningLoop
+
+        return RayActiveLearningLoop
+    raise ValueError(f"resources.loop: {kind!r} is not one of ['local', 'ray']")
+
+
+def restore(checkpoint: tune.Checkpoint | None, out: Path) -> int:
+    """Put the reported round checkpoint in ``out`` unless ``out`` already holds a later round."""
+    if checkpoint is None:
+        return completed_round(out)
+    with checkpoint.as_directory() as ckpt:
+        if completed_round(ckpt) > completed_round(out):
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.copytree(ckpt, out)
+    return completed_round(out)
+
+
+def log_event(path: Path, **event) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
+
+
+def run_trial(config: dict, setup: dict) -> None:
+    """The Tune function trainable. ``setup`` (from trainers.sweep.trial_setup) holds the base job tree,
+    the swept parameter names, the objective's target, the thread count, the loop kind and the sweep
+    folder."""
+    import torch
+
+    threads = int(setup["threads"])
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    ctx = tune.get_context()
+    trial_dir = Path(setup["experiment_dir"]) / Path(ctx.get_trial_dir()).name  # <storage>/<name>/trial_<id>
+    out = trial_dir / "loop"
+    events = trial_dir / "events.jsonl"
+    job = job_for(setup["base"], {k: config[k] for k in setup["params"]}, output_dir=str(out))
+    restored = restore(tune.get_checkpoint(), out)
+    pretrained = setup.get("pretrained")
+    if pretrained and job.checkpoint is None and not (out / "pretrained.pt").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pretrained, out / "pretrained.pt")  # the sweep's shared pre-training
+    log_event(events, event="start", trial_id=ctx.get_trial_id(), restored_round=restored, pid=os.getpid())
+    rounds_total = rounds_of(job)
+
+    def on_round(row: dict, out_dir: Path) -> None:
+        rows = pq.read_table(Path(out_dir) / "rounds.parquet").to_pylist()
+        report = round_report(rows, rounds_total, setup.get("target_map"), setup.get("unreached", 1.0e6))
+        log_event(events, event="round", round=report["round"], answers=report["answers"])  # its checkpoint is on disk
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+
+    loop = loop_class(setup["loop"])(job, progress=False)
+    loop.on_round = on_round  # called after each round's checkpoint is written
+    loop.run()
+    log_event(events, event="done")
