@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/active_compare.py --config tune_configs/synthetic.yaml \
         --strategies baseline random dral --seeds 0 1 2 --name synthetic
 
-Every (strategy, seed) runs the in-process loop; within a seed all strategies start from the same
-pre-trained model (it is trained once and copied), browse the same queries and get the same budget
-(n_queries · Kmax). Prints mean ± std of the final metrics and writes
+Every (strategy, seed) runs the in-process loop. All runs start from the same pre-trained model: the
+labelled/unlabelled identity split follows `data.seed`, so the CNN is pre-trained once and copied;
+the seed varies the query order, the oracle, the agent and the fine-tuning. Within a seed every
+strategy browses the same queries with the same budget (n_queries · Kmax). Prints mean ± std of the final metrics and writes
 benchmarks/results/active_<name>.{json,csv,png}.
 """
 from __future__ import annotations
@@ -44,12 +45,14 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--name", default="synthetic")
     p.add_argument("--out", default="runs/bench_active")
+    p.add_argument("--pretrained", help="reuse this pre-trained CNN (a pretrained.pt of an earlier run "
+                                        "with the same data and pretrain settings) instead of training it")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     root = Path(args.out) / args.name
     rows: list[dict] = []
+    shared = Path(args.pretrained) if args.pretrained else None
     for seed in args.seeds:
-        shared = None
         for strategy in args.strategies:
             out = root / f"seed{seed}" / strategy
             if out.exists():

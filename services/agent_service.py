@@ -25,7 +25,7 @@ from reidloop import atomic
 from reidloop.config import DralConfig
 from reidloop.strategies import RoundContext, Strategy, Transition, build_strategy
 
-from .env_workers import EpisodeView, LostActorState, Step
+from .env_workers import EpisodeView, LostActorState, Step, call_when_up
 
 
 @ray.remote(num_cpus=0)
@@ -139,7 +139,7 @@ class RemoteStrategy:
         """After a restart: adopt the new incarnation, reload the round-start snapshot, begin the round again."""
         if self._round_start is None or self._context is None:
             raise LostActorState("the agent was lost before its first round began; nothing to restore")
-        self.incarnation = ray.get(self.handle.info.remote())["incarnation"]
+        self.incarnation = call_when_up(self.handle.info)["incarnation"]
         self.load_state_dict(self._round_start)
         ctx = self._context
         self._call(self.handle.begin_round, ctx.round, self.context_ref, ctx.pos_pairs, ctx.neg_pairs)

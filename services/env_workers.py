@@ -20,6 +20,7 @@ This module is imported by the worker processes: it needs numpy and gymnasium, n
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 import ray
+from ray.exceptions import ActorUnavailableError
 
 from reidloop.config import DralConfig
 from reidloop.dral.env import QueryEpisodeEnv, reset_episode
@@ -131,10 +133,22 @@ def _checked(slot: Slot, reply):
     return reply
 
 
+def call_when_up(method, *args, timeout_s: float = 120.0):
+    """``ray.get(method.remote(*args))``, waiting while Ray restarts the actor (calls without retries
+    fail fast with ActorUnavailableError then); an actor that is gone for good still raises."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(method.remote(*args))
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def prepare_workers(workers: list, features_metric_ref) -> list[Slot]:
     """Give every worker the round's (features, metric): one object-store copy, shared with the agent."""
-    incarnations = ray.get([w.set_round.remote(features_metric_ref) for w in workers])
-    return [Slot(w, inc) for w, inc in zip(workers, incarnations)]
+    return [Slot(w, call_when_up(w.set_round, features_metric_ref)) for w in workers]
 
 
 def _refill(slots: list[Slot], queue: deque, queries: np.ndarray, cands: np.ndarray, asker) -> None:

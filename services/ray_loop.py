@@ -107,6 +107,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         self.agent: RemoteStrategy | None = None
         self.service: ServiceOracle | None = None
         self.workers: list = []
+        self.recoveries: list[str] = []  # one line per round replayed after losing an actor's state
 
     def run(self):
         try:
@@ -195,6 +196,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
                         raise
                     log.warning("round %d: %s — restoring the agent and replaying the round from the log",
                                 round_, exc)
+                    self.recoveries.append(f"round {round_}: {type(exc).__name__}: {exc}")
                     strategy.restore_round_start()
                     asker = self._round_replay(round_, oracle)
         finally:

@@ -150,7 +150,8 @@ def test_killed_labelling_service_restarts_and_the_run_asks_the_same(ray_session
             handle = ray.get_actor(service_name(str((out / "answers").resolve())), namespace=NAMESPACE)
             seen["before"] = ray.get(handle.pid.remote())
             ray.kill(handle, no_restart=False)
-            seen["after"] = ray.get(handle.pid.remote())  # served by the restarted actor
+            seen["after"] = wait_for(lambda: (pid := ray.get(handle.pid.remote())) != seen["before"] and pid,
+                                     120, "the restarted labelling service")
         except BaseException as exc:  # reported by the main thread
             seen["error"] = exc
 
@@ -204,3 +205,36 @@ def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, 
     assert remote.answers == local.answers > 0
     for a, b in zip(local.rounds, remote.rounds):
         assert a["mAP"] == pytest.approx(b["mAP"]) and a["answers"] == b["answers"]
+
+
+@pytest.mark.parametrize("victim", ["agent", "env worker"])
+def test_killed_agent_or_env_worker_is_recovered_by_replaying_the_round(ray_session, work, init_checkpoint,
+                                                                         reference, victim):
+    import ray
+
+    from services.ray_loop import RayActiveLearningLoop
+
+    class KillingLoop(RayActiveLearningLoop):
+        """Kills the victim actor (Ray restarts it empty) just before the 4th lock-step of round 1."""
+
+        def ask_round(self, round_, queries, features, metric, strategy, oracle):
+            step, calls = strategy.step, [0]
+
+            def step_after_kill(*args):
+                calls[0] += 1
+                if round_ == 1 and calls[0] == 4:
+                    ray.kill(strategy.handle if victim == "agent" else self.workers[1], no_restart=False)
+                return step(*args)
+
+            strategy.step = step_after_kill
+            try:
+                super().ask_round(round_, queries, features, metric, strategy, oracle)
+            finally:
+                strategy.step = step
+
+    name = "kill-" + victim.replace(" ", "-")
+    loop = KillingLoop(ray_job(work, init_checkpoint, name), progress=False)
+    result = loop.run()
+    assert len(loop.recoveries) == 1 and loop.recoveries[0].startswith("round 1")
+    assert sorted(log_rows(work / name)) == sorted(reference[2])
+    assert result.answers == reference[1].answers

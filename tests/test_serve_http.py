@@ -100,7 +100,7 @@ def served(ray_session, synthetic_tiny, tmp_path_factory):
     save_config(cfg, config_file)
     deploy_config(cfg.port, config_file)
     url = f"http://127.0.0.1:{cfg.port}"
-    wait_for(app_running, "the application to run", deadline_s=120, every_s=0.2)
+    wait_for(app_running, "the application to run", deadline_s=300, every_s=0.2)  # slow on a busy 2-core VM
     wait_for(lambda: requests.get(url + "/health", timeout=TIMEOUT).status_code == 200, "/health")
     yield {"url": url, "run_dir": run_dir, "cfg": cfg, "config_file": config_file, "splits": synthetic_tiny}
     serve.shutdown()

@@ -16,18 +16,18 @@ import pytest
 import yaml
 from PIL import Image
 
-from reidloop.config import ConfigError, LoopJob, ModelConfig, load_config, save_config
+from reidloop.config import ConfigError, LoopJob, ModelConfig, load_config
 from reidloop.config.sweep import load_sweep
 from reidloop.models import build_model, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {  # the settings of test_active_loop's tiny_job, with fewer queries
+TINY = {  # test_active_loop's tiny_job with fewer queries and no fine-tuning epochs (sweep mechanics only)
     "data": {"height": 32, "width": 16,
              "synthetic": {"train_ids": 8, "test_ids": 4, "images_per_camera": 2, "height": 32, "width": 16}},
     "model": {"backbone": "resnet18"},
     "pretrain": {"epochs": 1, "ids_per_batch": 2, "images_per_id": 2},
     "dral": {"ns": 6, "kmax": 3, "kappa": 3, "batch_size": 8, "replay_size": 64},
-    "finetune": {"lr": 1e-4, "every": 0.5, "epochs": 1, "queries_per_batch": 4},
+    "finetune": {"lr": 1e-4, "every": 0.5, "epochs": 0, "queries_per_batch": 4},
     "eval": {"batch_size": 64}, "max_queries": 8,
 }
 
@@ -129,7 +129,7 @@ def test_an_interrupted_sweep_resumes_to_completion_without_running_a_trial_twic
     # 1-round trials finish first while the 8-round ones are between rounds: the driver is SIGKILLed
     # once two trials are saved as finished and another has a round checkpoint
     path = write_sweep(workdir, "resumed", max_concurrent_trials=4,
-                       overrides={"checkpoint": str(workdir / "init.pt"), "finetune.epochs": 0},  # mechanics only
+                       overrides={"checkpoint": str(workdir / "init.pt")},
                        space={"dral.kmax": {"grid": [2, 3]}, "finetune.every": {"grid": [1.0, 0.125]}})
     exp = load_sweep(path).config.experiment_dir
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
@@ -156,6 +156,8 @@ def test_an_interrupted_sweep_resumes_to_completion_without_running_a_trial_twic
     sweep = load_sweep(path)
     with pytest.raises(ConfigError, match="--resume"):
         make_tuner(sweep, resume=False)
+    with pytest.raises(ConfigError, match="space differs from the sweep being resumed"):
+        make_tuner(load_sweep(path, ["space.dral.kmax={grid: [2, 4]}"]), resume=True)
 
     out = run_sweep(sweep, resume=True, verbose=0)
 

@@ -103,8 +103,8 @@ def test_values_are_typed_paths_absolute_and_jobs_built(tmp_path, monkeypatch):
                        space={"finetune.lr": {"loguniform": ["1e-6", "1e-4"]},  # YAML reads 1e-6 as a string
                               "dral.kappa": {"randint": [2, 10]},
                               "finetune.every": {"choice": [0.5, 0.25]}})
-    sweep = load_sweep(path, ["num_samples=5"])
-    assert sweep.config.num_samples == 5
+    sweep = load_sweep(path, ["num_samples=5", "space.dral.kmax={grid: [2, 3]}", "space.dral.kmax="])
+    assert sweep.config.num_samples == 5 and "dral.kmax" not in sweep.space  # added, then dropped
     assert sweep.space["finetune.lr"].values == [1e-6, 1e-4]
     assert sweep.rounds == 4  # the longest trial: every=0.25
     assert sweep.base["data"]["root"] == str(tmp_path / "cache")

@@ -147,6 +147,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's per-cycle line reaches the log
     run_or_exit(run, load(L2RExperimentJob, args), args.local)
 
 

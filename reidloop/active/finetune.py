@@ -6,7 +6,7 @@ known inside the batch, positives closed transitively (a~b, b~c ⇒ a~c) by
 :func:`reidloop.losses.pair_masks`. With ``cross_entropy`` on, chains of "same"
 answers across the whole log form pseudo-identities (connected components of
 two or more images) and a fresh classifier over them adds the CE term of Eq. 3;
-its head learns ``head_lr_factor`` times faster than the pre-trained body, as
+its head learns ``HEAD_LR_FACTOR`` (10) times faster than the pre-trained body, as
 fast-reid does for new heads.
 
 The pieces (:func:`finetune_data`, :func:`epoch_batches`, :func:`prepare_finetune`,
@@ -30,7 +30,7 @@ from ..data.transforms import build_transforms
 from ..losses import cross_entropy_ls, pair_triplet
 from ..engine.precision import Precision
 
-HEAD_LR_FACTOR = 100.0
+HEAD_LR_FACTOR = 10.0
 
 
 @dataclass
@@ -104,19 +104,25 @@ def pair_batches(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarra
         yield items, local[yes], local[~yes]
 
 
-def label_batches(labels: np.ndarray, per_batch: int, images_per_id: int, rng: np.random.Generator):
-    """UpperBound batches: ``per_batch`` identities × ``images_per_id`` images, all pairs labelled."""
+def label_batches(labels: np.ndarray, per_batch: int, images_per_id: int, n_batches: int,
+                  rng: np.random.Generator):
+    """UpperBound batches: ``per_batch`` identities × ``images_per_id`` images, every pair labelled.
+
+    ``n_batches`` per epoch: as many as the pair batches of a loop in which every pool image has been
+    a query, so the UpperBound gets the same optimisation budget as the active learners.
+    """
     ids = np.unique(labels)
-    rng.shuffle(ids)
-    for start in range(0, len(ids), per_batch):
-        items = np.concatenate([
-            rng.choice(np.flatnonzero(labels == i), size=min(images_per_id, int((labels == i).sum())),
-                       replace=False) for i in ids[start:start + per_batch]])
+    members = {i: np.flatnonzero(labels == i) for i in ids}
+    order = np.concatenate([rng.permutation(ids) for _ in range(-(-n_batches * per_batch // len(ids)))])
+    for b in range(n_batches):
+        chosen = order[b * per_batch:(b + 1) * per_batch]
+        items = np.concatenate([rng.choice(members[i], size=min(images_per_id, len(members[i])), replace=False)
+                                for i in chosen])
         lab = labels[items]
-        same = lab[:, None] == lab[None, :]
         iu = np.triu_indices(len(items), 1)
         pairs = np.stack(iu, 1)
-        yield items, pairs[same[iu]], pairs[~same[iu]]
+        same = (lab[:, None] == lab[None, :])[iu]
+        yield items, pairs[same], pairs[~same]
 
 
 def finetune_data(n: int, cfg: FinetuneConfig, mode: Literal["pairs", "full"], *,
@@ -147,8 +153,11 @@ def epoch_batches(data: FinetuneData, cfg: FinetuneConfig, seed: int, epoch: int
     taking every world_size-th batch — sees the same batches as an uninterrupted single-process run.
     """
     rng = np.random.default_rng([seed, epoch])
-    batches = (pair_batches(data.queries, data.candidates, data.answers, cfg.queries_per_batch, rng)
-               if data.mode == "pairs" else label_batches(data.ce_labels, cfg.queries_per_batch, 4, rng))
+    if data.mode == "pairs":
+        batches = pair_batches(data.queries, data.candidates, data.answers, cfg.queries_per_batch, rng)
+    else:  # as many batches as a loop whose every pool image was a query
+        n_batches = -(-len(data.ce_labels) // cfg.queries_per_batch)
+        batches = label_batches(data.ce_labels, cfg.queries_per_batch, 4, n_batches, rng)
     return [b for b in batches if len(b[1]) and len(b[2])]
 
 

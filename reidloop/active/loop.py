@@ -189,7 +189,8 @@ class ActiveLearningLoop:
             model, _ = load_checkpoint(job.checkpoint)
             pool = list(splits.train)
         else:
-            labelled, pool = split_identities(splits.train, job.pretrain_fraction, seed=job.seed)
+            # the split is a property of the data (data.seed); job.seed varies the active-learning randomness
+            labelled, pool = split_identities(splits.train, job.pretrain_fraction, seed=job.data.seed)
             model = self._pretrained(labelled)
         if job.dral.ns >= len(pool):
             raise ValueError(f"dral.ns={job.dral.ns} must be smaller than the unlabelled pool "

@@ -255,9 +255,13 @@ def job_for(base: dict, params: dict, output_dir: str | None = None) -> LoopJob:
     return from_dict(LoopJob, tree)
 
 
+def _rounds(every: float) -> int:
+    return max(1, math.ceil(round(1.0 / every, 9)))
+
+
 def rounds_of(job: LoopJob) -> int:
     """Rounds of the loop (one fine-tune + evaluation each): ceil(1 / finetune.every)."""
-    return max(1, math.ceil(round(1.0 / job.finetune.every, 9)))
+    return _rounds(job.finetune.every)
 
 
 def _validate_space(dists: dict[str, Distribution], base: dict) -> int:
@@ -291,7 +295,7 @@ def _validate_space(dists: dict[str, Distribution], base: dict) -> int:
             except ConfigError as exc:
                 shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
                 raise ConfigError(f"space: the point {{{shown}}} gives an invalid job: {exc}") from None
-    return max(max(1, math.ceil(round(1.0 / e, 9))) for e in everies)
+    return max(_rounds(e) for e in everies)
 
 
 def _check_search(cfg: SweepConfig, dists: dict[str, Distribution], rounds: int) -> None:

@@ -346,7 +346,7 @@ def query(acq, model: nn.Module, learner: Optional[LossLearner], images: torch.T
 
 # --------------------------------------------------------------- reports
 def aggregate(runs: Sequence[dict], key: str) -> dict[str, list[tuple[int, float, float, int]]]:
-    """Per strategy, per cycle: (labelled, mean, std, n_runs) of ``key`` over seeds (None values skipped)."""
+    """Per strategy, per cycle: (labelled, mean, sample std, n_runs) of ``key`` over seeds (None values skipped)."""
     out: dict[str, list[tuple[int, float, float, int]]] = {}
     for name in dict.fromkeys(r["strategy"] for r in runs):
         cycles = [r["cycles"] for r in runs if r["strategy"] == name]
@@ -355,7 +355,8 @@ def aggregate(runs: Sequence[dict], key: str) -> dict[str, list[tuple[int, float
             vals = [cs[c][key] for cs in cycles if len(cs) > c and cs[c][key] is not None]
             if vals:
                 labelled = next(cs[c]["labelled"] for cs in cycles if len(cs) > c)
-                rows.append((labelled, float(np.mean(vals)), float(np.std(vals)), len(vals)))
+                rows.append((labelled, float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                             len(vals)))
         if rows:
             out[name] = rows
     return out
@@ -381,16 +382,18 @@ def plot_results(runs: Sequence[dict], path: str | Path, title: str = "") -> Non
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r["strategy"] for r in runs))}
     for ax, key, ylabel in ((axes[0], "accuracy", "test accuracy (%)"),
                             (axes[1], "spearman", "Spearman, predicted vs true test loss")):
         for name, rows in aggregate(runs, key).items():
             x, m, s = (np.array([r[i] for r in rows]) for i in range(3))
-            ax.plot(x, m, "o-", label=name, ms=3)
-            ax.fill_between(x, m - s, m + s, alpha=0.15)
+            ax.plot(x, m, "o-", label=name, ms=3, color=colours[name])
+            ax.fill_between(x, m - s, m + s, alpha=0.15, color=colours[name])
         ax.set_xlabel("labelled images")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
