@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--strategies", nargs="+", default=["dral", "random"])
-    p.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="0 = in-process reference")
+    p.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2, 4], help="0 = in-process reference")
     args = p.parse_args()
 
     features, pool = synthetic_pool(args.ids, args.per_id, args.dim)

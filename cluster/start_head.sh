@@ -11,7 +11,8 @@ RAY_PORT="${RAY_PORT:-6379}"
 DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 STATE="${RAY_HEAD_STATE:-$ROOT/runs/ray-head}"   # pid file and log
 TEMP_DIR="${RAY_HEAD_TEMP_DIR:-/tmp/reidloop-ray-$RAY_PORT}"
-SUBMIT="RAY_AUTH_MODE=disabled $VENV/bin/ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir . -- python -m trainers.run_job --config tune_configs/synthetic.yaml"
+# The job runs in a copy of the working dir: absolute output paths keep its results in this checkout.
+SUBMIT="RAY_AUTH_MODE=disabled $VENV/bin/ray job submit --address http://127.0.0.1:$DASHBOARD_PORT --working-dir . -- python -m trainers.run_job --config tune_configs/synthetic.yaml --set output_dir=$ROOT/runs/synthetic --set ray.storage_path=$ROOT/runs/ray"
 
 mkdir -p "$STATE"
 if [[ -f "$STATE/head.pid" ]] && kill -0 "$(cat "$STATE/head.pid")" 2>/dev/null; then
@@ -20,17 +21,25 @@ if [[ -f "$STATE/head.pid" ]] && kill -0 "$(cat "$STATE/head.pid")" 2>/dev/null;
   exit 0
 fi
 
+if curl -sf "http://127.0.0.1:$DASHBOARD_PORT/api/version" >/dev/null; then
+  echo "another Ray dashboard already answers on 127.0.0.1:$DASHBOARD_PORT; choose DASHBOARD_PORT and RAY_PORT" >&2
+  exit 1
+fi
+
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
-export PATH="$VENV/bin:$PATH"  # the jobs' `python` is the project's
-nohup "$VENV/bin/ray" start --head --block --disable-usage-stats \
+export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0  # no Serve here: stop at once on SIGTERM
+export PATH="$VENV/bin:$PATH"                   # the jobs' `python` is the project's
+rm -f "$STATE/head.pid"
+# setsid: the head gets its own session and process group (pgid = the pid written to head.pid).
+setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$STATE/head.pid" \
+  "$VENV/bin/ray" start --head --block --disable-usage-stats \
   --node-ip-address 127.0.0.1 --port "$RAY_PORT" --temp-dir "$TEMP_DIR" \
   --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
-  ${NUM_CPUS:+--num-cpus "$NUM_CPUS"} >"$STATE/head.log" 2>&1 &
-echo $! >"$STATE/head.pid"
+  ${NUM_CPUS:+--num-cpus "$NUM_CPUS"} </dev/null >"$STATE/head.log" 2>&1 &
 
 deadline=$((SECONDS + ${START_TIMEOUT_S:-180}))
 until curl -sf "http://127.0.0.1:$DASHBOARD_PORT/api/version" >/dev/null; do
-  if ! kill -0 "$(cat "$STATE/head.pid")" 2>/dev/null; then
+  if [[ -s "$STATE/head.pid" ]] && ! kill -0 "$(cat "$STATE/head.pid")" 2>/dev/null; then
     echo "ray start failed; the end of $STATE/head.log:" >&2
     tail -n 30 "$STATE/head.log" >&2
     rm -f "$STATE/head.pid"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Stop the Ray head started by cluster/start_head.sh, and only that one. `ray start` made itself the
-# leader of a process group holding every process of the head; SIGTERM lets it shut them down, and
-# whatever is left of the group after a grace period gets SIGKILL. (`ray stop` is not used: it stops
-# every Ray of this user on the machine.)
+# Stop the Ray head started by cluster/start_head.sh, and only that one: it runs in its own process
+# group (setsid), so SIGTERM to its `ray start --block` shuts it down and whatever of the group is
+# left after a grace period gets SIGKILL. (`ray stop` is not used: it stops every Ray of this user
+# on the machine.)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 STATE="${RAY_HEAD_STATE:-$ROOT/runs/ray-head}"
 PIDFILE="$STATE/head.pid"
-if [[ ! -f "$PIDFILE" ]]; then
+if [[ ! -s "$PIDFILE" ]]; then
   echo "no head started by cluster/start_head.sh ($PIDFILE missing)"
   exit 0
 fi

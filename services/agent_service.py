@@ -50,8 +50,11 @@ class AgentService:
 
     def select_batch(self, views: list[EpisodeView], obs_list: list[np.ndarray],
                      masks: list[np.ndarray]) -> tuple[str, list[int]]:
-        """One action per episode, chosen in the given order (the strategy's RNG advances in that order)."""
-        return self.incarnation, [int(self.strategy.select(v, o, m)) for v, o, m in zip(views, obs_list, masks)]
+        """One action per episode, chosen in the given order (the strategy's RNG advances in that order).
+
+        Arrays arrive read-only (zero-copy from the object store); torch gets writable copies."""
+        return self.incarnation, [int(self.strategy.select(v, np.array(o), m))
+                                  for v, o, m in zip(views, obs_list, masks)]
 
     def observe_batch(self, steps: list[Step]) -> str:
         for s in steps:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError
 
+from reidloop import atomic
 from reidloop.active.finetune import FinetuneStats, finetune_data
 from reidloop.active.loop import (ActiveLearningLoop, ReplayingOracle, ResumeDiverged, answered_pairs,
                                   nearest_candidates_all)
@@ -102,8 +103,8 @@ class RoundAsker:
 class RayActiveLearningLoop(ActiveLearningLoop):
     """``ActiveLearningLoop`` on Ray: actors for agent, labelling and episodes; Ray Train; sharded embedding."""
 
-    def __init__(self, job: LoopJob, progress: bool = True) -> None:
-        super().__init__(job, progress)
+    def __init__(self, job: LoopJob, progress: bool = True, on_round=None) -> None:
+        super().__init__(job, progress, on_round)
         self.agent: RemoteStrategy | None = None
         self.service: ServiceOracle | None = None
         self.workers: list = []
@@ -127,10 +128,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         """Names this run's Ray Train runs: stable across restarts of the driver, new for a new output_dir."""
         path = self.out / "ray_run_id"
         if not path.exists():
-            self.out.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(uuid.uuid4().hex[:8])
-            tmp.replace(path)
+            atomic.write_text(path, uuid.uuid4().hex[:8])
         return f"{self.out.name}-{path.read_text().strip()}"
 
     # ---- the override points of ActiveLearningLoop
@@ -156,9 +154,10 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         return self.agent
 
     def open_oracle(self, pids: np.ndarray, budget: int, pool):
-        handle = start_labelling_service(str((self.out / "answers").resolve()), pids, self.job.oracle, budget,
-                                         [r.path for r in pool], self.job.ray.actor_max_restarts)
-        self.service = ServiceOracle(handle)
+        out = self.out.resolve()
+        self.service = start_labelling_service(str(out / "answers"), str(out / "pool.parquet"), pids,
+                                               [r.path for r in pool], self.job.oracle, budget,
+                                               self.job.ray.actor_max_restarts)
         return self.service, self.service
 
     def embed(self, model, records, desc: str) -> np.ndarray:

@@ -123,17 +123,25 @@ class CrashingLoop(ActiveLearningLoop):
         super().ask_round(round_, queries, features, metric, strategy, oracle)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_checkpoint):
+    """The reference: the same job run without interruption."""
+    root = tmp_path_factory.mktemp("full")
+    result = ActiveLearningLoop(tiny_job(root / "full", tiny_checkpoint, root / "cache"), progress=False).run()
+    return result, root
+
+
 @pytest.mark.parametrize("crash_after", [5, 23])  # inside round 1; inside round 2 (round 1 checkpointed)
-def test_resume_after_a_crash_asks_the_same_pairs(tmp_path, tiny_checkpoint, crash_after):
-    cache = tmp_path / "cache"
-    full = ActiveLearningLoop(tiny_job(tmp_path / "full", tiny_checkpoint, cache), progress=False).run()
+def test_resume_after_a_crash_asks_the_same_pairs(tmp_path, tiny_checkpoint, uninterrupted, crash_after):
+    full, root = uninterrupted
+    cache = root / "cache"
     job = tiny_job(tmp_path / "crash", tiny_checkpoint, cache)
     with pytest.raises(Crash):
         CrashingLoop(job, after=crash_after).run()
     assert len(answered(tmp_path / "crash")[0]) == crash_after  # nothing collected was lost
     resumed = ActiveLearningLoop(job, progress=False).run()
     assert resumed.replayed_answers > 0
-    a, b = answered(tmp_path / "full"), answered(tmp_path / "crash")
+    a, b = answered(root / "full"), answered(tmp_path / "crash")
     assert sorted(zip(*a)) == sorted(zip(*b))  # same pairs, same answers, none twice
     assert resumed.answers == full.answers
 
