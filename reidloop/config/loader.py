@@ -140,6 +140,20 @@ def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
     return tree
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
+    """The top-level mapping of a YAML file; ConfigError naming the file when missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: {what} not found")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(tree).__name__}")
+    return tree
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load ``cls`` from a YAML file (or defaults when ``path`` is None) plus overrides.
 
@@ -148,16 +162,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     tree: dict = {}
     label = "<defaults>"
     if path is not None:
-        p = Path(path)
-        label = str(p)
-        if not p.is_file():
-            raise ConfigError(f"{label}: config file not found")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{label}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{label}: top level must be a mapping, got {type(tree).__name__}")
+        label = str(Path(path))
+        tree = read_yaml_mapping(path)
     try:
         apply_overrides(tree, overrides)
         return from_dict(cls, tree)

@@ -31,7 +31,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .loader import ConfigError, _coerce, apply_overrides, from_dict, to_dict
+from .loader import ConfigError, _coerce, apply_overrides, from_dict, read_yaml_mapping, to_dict
 from .schema import LoopJob, _check
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -321,14 +321,10 @@ def base_tree(cfg: SweepConfig, folder: Path | None) -> dict:
         if not path.is_absolute() and folder is not None:
             path = folder / path
         where = f"base {path} with overrides"
-        if not path.is_file():
-            raise ConfigError(f"base: {path}: config file not found")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"base: {path}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"base: {path}: top level must be a mapping")
+            tree = read_yaml_mapping(path)
+        except ConfigError as exc:
+            raise ConfigError(f"base: {exc}") from None
     try:
         job = from_dict(LoopJob, _merge(tree, cfg.overrides))
     except ConfigError as exc:
@@ -395,14 +391,7 @@ def load_sweep(path: str | Path | None, overrides: list[str] | None = None) -> S
     if path is not None:
         p = Path(path)
         label, folder = str(p), p.resolve().parent
-        if not p.is_file():
-            raise ConfigError(f"{label}: sweep file not found")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{label}: not valid YAML: {exc}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{label}: top level must be a mapping, got {type(tree).__name__}")
+        tree = read_yaml_mapping(p, "sweep file")
     try:
         apply_overrides(tree, _space_overrides(tree, overrides or []))
         cfg = from_dict(SweepConfig, tree)
