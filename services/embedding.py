@@ -2,7 +2,8 @@
 
 Shards are whole batches of ``batch_size`` images, so every image is embedded in exactly the batch
 it would be in one process (``reidloop.engine.features.extract_features``) and the features are the
-same. The model travels once per call as an object ref of its CPU state dict.
+same. The model travels once per call as an object ref of its CPU state dict (``model_payload``, also
+how ``trainers/ray_train.py`` hands the model to Ray Train).
 """
 from __future__ import annotations
 
@@ -17,7 +18,20 @@ import torch
 from reidloop.data.records import ImageRecord
 from reidloop.engine.features import extract_features
 from reidloop.engine.precision import resolve_device, resolve_precision
-from trainers.ray_train import model_from_payload, model_payload
+from reidloop.models import ReidNet
+
+
+def model_payload(model: ReidNet) -> dict:
+    """What rebuilds the model anywhere: architecture, classifier size and the CPU state dict."""
+    return {"config": model.config(), "num_classes": model.num_classes,
+            "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def model_from_payload(payload: dict) -> ReidNet:
+    cfg = payload["config"]
+    model = ReidNet(cfg["backbone"], payload["num_classes"], neck=cfg["neck"], last_stride=cfg["last_stride"])
+    model.load_state_dict(payload["state"])
+    return model
 
 
 def _embed_shard(payload: dict, records: list[ImageRecord], height: int, width: int, amp: str,

@@ -30,9 +30,22 @@ from reidloop.models import build_model, load_checkpoint, save_checkpoint
 from test_active_loop import tiny_job
 
 pytestmark = pytest.mark.slow
-# Ray Train's controller polls its workers every 2 s by default: fine for real runs, slow for tiny tests.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+# Ray Train's controller polls its workers every 2 s by default (fine for real runs, slow for tiny ones)
+# and starts a preemption watcher actor per run; the driver's environment reaches the controller.
+FAST_TRAIN = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_ray_train():
+    saved = {k: os.environ.get(k) for k in FAST_TRAIN}
+    os.environ.update(FAST_TRAIN)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +123,9 @@ def test_loop_through_actors_and_ray_train(ray_session, work, init_checkpoint):
              for a, b in zip(table.column("query_path").to_pylist(), table.column("candidate_path").to_pylist())]
     assert table.column("answer").to_pylist() == truth
     assert set(table.column("strategy").to_pylist()) == {"dral"}
+    pool = pq.read_table(out / "pool.parquet")  # the indices of the log refer to it
+    paths = pool.column("path").to_pylist()
+    assert [paths[i] for i in table.column("query").to_pylist()] == table.column("query_path").to_pylist()
     assert np.bincount(table.column("query").to_numpy()).max() <= job.dral.kmax
     assert sorted(set(table.column("round").to_pylist())) == [1, 2]
 

@@ -40,6 +40,7 @@ from reidloop.data.transforms import build_transforms
 from reidloop.engine.precision import resolve_precision
 from reidloop.engine.train import make_optimizer, train_epoch, train_loader, warmup_factor
 from reidloop.models import ReidNet
+from services.embedding import model_from_payload, model_payload
 
 STATE_FILE = "state.pt"
 
@@ -48,19 +49,6 @@ STATE_FILE = "state.pt"
 def storage_uri(path: str) -> str:
     """Ray Train needs an absolute storage path; URIs (s3://, gs://, ...) pass through."""
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
-
-
-def model_payload(model: ReidNet) -> dict:
-    """What rebuilds the model anywhere: architecture, classifier size and the CPU state dict."""
-    return {"config": model.config(), "num_classes": model.num_classes,
-            "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-
-
-def model_from_payload(payload: dict) -> ReidNet:
-    cfg = payload["config"]
-    model = ReidNet(cfg["backbone"], payload["num_classes"], neck=cfg["neck"], last_stride=cfg["last_stride"])
-    model.load_state_dict(payload["state"])
-    return model
 
 
 def shard(batches: Sequence, rank: int, world: int) -> list:
