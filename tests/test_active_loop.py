@@ -99,6 +99,21 @@ def test_references_ask_nothing(tmp_path, tiny_checkpoint):
     assert upper.answers == 0 and upper.rounds[-1]["mAP"] != upper.rounds[0]["mAP"]
 
 
+def test_pretraining_is_reproducible(tmp_path):
+    """Same config and seeds, two output folders: bit-identical pre-trained CNNs (the head's init is seeded)."""
+    import torch
+
+    from reidloop.models import load_checkpoint
+
+    weights = []
+    for name in ("a", "b"):
+        job = tiny_job(tmp_path / name, "", tmp_path / "cache", strategy="baseline", max_queries=4,
+                       **{"pretrain.epochs": 1, "pretrain.ids_per_batch": 2, "pretrain.images_per_id": 2})
+        ActiveLearningLoop(job, progress=False).run()
+        weights.append(load_checkpoint(tmp_path / name / "pretrained.pt")[0].state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
 class Crash(Exception):
     pass
 

@@ -14,7 +14,7 @@ from reidloop.config import ConfigError, ModelConfig, load_config
 from reidloop.config.serve import ServeConfig
 from reidloop.data.transforms import build_transforms
 from reidloop.engine.features import extract_features
-from reidloop.engine.precision import resolve_precision
+from reidloop.engine.precision import checked_precision, resolve_precision
 from reidloop.metrics.distance import pairwise_distance
 from reidloop.models import build_model, load_checkpoint, save_checkpoint
 from reidloop.serving import (CheckpointFollower, GalleryEntry, GalleryIndex, InputTransform, ReidService,
@@ -260,7 +260,11 @@ def test_forced_bf16_service_stays_within_bf16_tolerance(service_cfg, synthetic_
     model, _ = load_checkpoint(os.path.join(service_cfg.checkpoint, "model.pt"))
     want = extract_features(model, recs, height=H, width=W, precision=resolve_precision("off", CPU), progress=False)
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert svc.version_info()["precision"] == "cpu/bf16+channels_last" and cos.min() > 0.99
+    assert cos.min() > 0.99
+    # bf16 as asked, unless autocast is wrong for this model at this size on this CPU (then fp32, and
+    # /version says so): torch 2.14.1's oneDNN bf16 conv fails on AMX at 32x16 (tests/test_precision.py)
+    effective = checked_precision(resolve_precision("bf16", CPU), model, H, W).describe()
+    assert svc.version_info()["precision"] == effective in ("cpu/bf16+channels_last", "cpu/fp32+channels_last")
 
 
 def test_reload_swaps_model_and_gallery_together_and_survives_bad_checkpoints(service_cfg, synthetic_tiny):

@@ -37,7 +37,7 @@ from reidloop.config import LoopJob, RayConfig
 from reidloop.data.images import ReidImageDataset
 from reidloop.data.records import ImageRecord
 from reidloop.data.transforms import build_transforms
-from reidloop.engine.precision import resolve_precision
+from reidloop.engine.precision import checked_precision, resolve_precision
 from reidloop.engine.train import make_optimizer, train_epoch, train_loader, warmup_factor
 from reidloop.models import ReidNet
 from services.embedding import model_from_payload, model_payload
@@ -105,8 +105,9 @@ def finetune_loop(config: dict) -> None:
     """Fine-tuning on answered pairs (or all labels), one Ray Train worker's share."""
     rank, world, device = _worker_context()
     cfg, data, seed = config["cfg"], config["data"], config["seed"]
-    precision = resolve_precision(cfg.amp, device)
-    raw, optimizer = prepare_finetune(model_from_payload(ray.get(config["model"])), data, cfg, precision, seed)
+    raw = model_from_payload(ray.get(config["model"]))
+    precision = checked_precision(resolve_precision(cfg.amp, device), raw, config["height"], config["width"])
+    raw, optimizer = prepare_finetune(raw, data, cfg, precision, seed)
     scaler = _scaler(precision)
     start, extra = _restore(raw, optimizer, scaler, device)
     stats = FinetuneStats(**extra) if extra else FinetuneStats(0, 0, 0.0, 0.0, 0.0)
@@ -115,7 +116,8 @@ def finetune_loop(config: dict) -> None:
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(epoch_seed(seed, epoch, rank))
         for batch in shard(epoch_batches(data, cfg, seed, epoch), rank, world):
-            stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler))
+            stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler,
+                                                    step=stats.batches))
         _report({"batches": stats.batches}, epoch, raw, optimizer, scaler, asdict(stats), rank)
     if start >= cfg.epochs:  # restored from the final checkpoint: register it again as this run's result
         _report({"batches": stats.batches}, cfg.epochs - 1, raw, optimizer, scaler, asdict(stats), rank)
@@ -125,8 +127,9 @@ def pretrain_loop(config: dict) -> None:
     """Supervised P×K training (CE + batch-hard triplet, Eq. 1–3), one Ray Train worker's share."""
     rank, world, device = _worker_context()
     cfg = config["cfg"]
-    precision = resolve_precision(cfg.amp, device)
-    raw = precision.prepare(model_from_payload(ray.get(config["model"])))
+    raw = model_from_payload(ray.get(config["model"]))
+    precision = checked_precision(resolve_precision(cfg.amp, device), raw, config["height"], config["width"])
+    raw = precision.prepare(raw)
     optimizer = make_optimizer(raw, cfg)
     scaler = _scaler(precision)
     start, extra = _restore(raw, optimizer, scaler, device)

@@ -28,7 +28,7 @@ from ..data.images import ReidImageDataset
 from ..data.records import ImageRecord
 from ..data.transforms import build_transforms
 from ..losses import cross_entropy_ls, pair_triplet
-from ..engine.precision import Precision
+from ..engine.precision import Precision, checked_precision
 
 HEAD_LR_FACTOR = 10.0
 
@@ -173,20 +173,47 @@ def prepare_finetune(model: torch.nn.Module, data: FinetuneData, cfg: FinetuneCo
     model.reset_classifier(data.n_classes)
     model = precision.prepare(model)
     params = [{"params": [p for name, p in model.named_parameters()
-                          if p.requires_grad and not name.startswith("classifier.")], "lr": cfg.lr}]
+                          if p.requires_grad and not name.startswith("classifier.")], "lr": cfg.lr,
+               "base_lr": cfg.lr, "body": True}]
     if model.classifier is not None:
-        params.append({"params": list(model.classifier.parameters()), "lr": cfg.lr * HEAD_LR_FACTOR})
+        params.append({"params": list(model.classifier.parameters()), "lr": cfg.lr * HEAD_LR_FACTOR,
+                       "base_lr": cfg.lr * HEAD_LR_FACTOR, "body": False})
     model.train()
     return model, torch.optim.Adam(params, weight_decay=cfg.weight_decay)
 
 
+def lr_factor(step: int, cfg: FinetuneConfig, body: bool, has_head: bool = True) -> float:
+    """The lr of optimiser step ``step`` (0-based) of one fine-tune, as a multiple of the base lr.
+
+    With a fresh CE head (``has_head``) the body is frozen (0) for the first ``freeze_steps`` steps
+    while the head learns alone, as fast-reid does for new heads; each part then warms up linearly
+    from 0.1 over ``warmup_steps`` steps of its own.
+    """
+    start = cfg.freeze_steps if body and has_head else 0
+    if step < start:
+        return 0.0
+    t = step - start
+    if t >= cfg.warmup_steps:
+        return 1.0
+    return 0.1 + 0.9 * t / cfg.warmup_steps
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, cfg: FinetuneConfig) -> None:
+    """Apply :func:`lr_factor` to the param groups built by :func:`prepare_finetune`."""
+    has_head = any(not g["body"] for g in optimizer.param_groups)
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * lr_factor(step, cfg, g["body"], has_head)
+
+
 def finetune_step(model: torch.nn.Module, dataset: ReidImageDataset, batch: tuple, data: FinetuneData,
                   cfg: FinetuneConfig, precision: Precision, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+                  scaler: torch.amp.GradScaler | None = None, step: int = 0) -> tuple[float, float]:
     """One update on a batch (items, pos, neg): triplet (Eq. 2) + CE over pseudo-identities (Eq. 3).
 
-    ``model`` may be DDP-wrapped; returns (triplet, ce) loss values.
+    ``model`` may be DDP-wrapped; ``step`` is this update's index within the fine-tune (it sets the
+    lr, see :func:`lr_factor`); returns (triplet, ce) loss values.
     """
+    set_lr(optimizer, step, cfg)
     items, pos, neg = batch
     x = precision.batch(torch.stack([dataset[int(i)][0] for i in items]))
     with precision.autocast():
@@ -223,6 +250,7 @@ def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneC
     if data is None:
         return FinetuneStats(0, 0, 0.0, 0.0, 0.0)
     dataset = ReidImageDataset(list(pool), build_transforms(height, width, train=True))
+    precision = checked_precision(precision, model, height, width)
     model, optimizer = prepare_finetune(model, data, cfg, precision, seed)
     scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
     stats = FinetuneStats(0, 0, 0.0, 0.0, 0.0)
@@ -230,7 +258,8 @@ def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneC
     for epoch in range(cfg.epochs):
         torch.manual_seed(epoch_seed(seed, epoch))
         for batch in epoch_batches(data, cfg, seed, epoch):
-            stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler))
+            stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler,
+                                                    step=stats.batches))
     model.reset_classifier(0)
     model.eval()
     return stats.finish(time.perf_counter() - start)

@@ -202,6 +202,7 @@ class ActiveLearningLoop:
         if path.exists():  # resume: pre-training is done once per output_dir
             return load_checkpoint(path)[0]
         job = self.job
+        torch.manual_seed(job.pretrain.seed)  # the new classifier's init: the same seed, the same CNN
         model = build_model(job.model, num_classes=len({r.pid for r in labelled}))
         self.pretrain(model, labelled)
         model.reset_classifier(0)

@@ -200,9 +200,16 @@ class FinetuneConfig:
     cross_entropy: bool = True  # also CE over identities formed by chains of "same" answers (Eq. 3)
     weight_decay: float = 5e-4
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # Each fine-tune starts with a fresh Adam and a fresh CE head: for `freeze_steps` optimiser steps
+    # only the head learns (fast-reid's FREEZE_ITERS), then the lr rises linearly from 0.1x over
+    # `warmup_steps` (fast-reid's WARMUP_ITERS). 0 disables either.
+    freeze_steps: int = 0
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(self.freeze_steps >= 0, "freeze_steps", self.freeze_steps, "must be >= 0")
+        _check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0")
         _check(0 < self.every <= 1, "every", self.every, "must be in (0, 1]")
         _check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
         _check(self.queries_per_batch >= 1, "queries_per_batch", self.queries_per_batch, "must be >= 1")

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..data.images import ReidImageDataset
 from ..data.records import ImageRecord
 from ..data.transforms import build_transforms
-from .precision import Precision
+from .precision import Precision, checked_precision
 
 
 def image_loader(records: Sequence[ImageRecord], height: int, width: int, batch_size: int,
@@ -38,6 +38,7 @@ def extract_features(model: torch.nn.Module, records: Sequence[ImageRecord], *, 
                      progress: bool = True, desc: str = "features") -> np.ndarray:
     """The model's eval-mode embedding of every record, in order, as float32 (N, D)."""
     loader = image_loader(records, height, width, batch_size, num_workers)
+    precision = checked_precision(precision, model, height, width)
     model = precision.prepare(model)
     it = (batch[0] for batch in loader)
     if progress:

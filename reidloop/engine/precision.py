@@ -7,16 +7,23 @@
   and several times slower than fp32, so auto stays fp32.
 channels_last is used everywhere: oneDNN's convolutions prefer it even in fp32
 (measured on an AVX2 EPYC: ResNet-50 inference 69 vs 53 img/s, training equal).
+
+Autocast is trusted only after :func:`checked_precision` has compared it with fp32 on the model
+and input size at hand: torch 2.14.1's oneDNN bf16 kernels on AMX CPUs return garbage (|x| ~ 1e37)
+for some shapes, e.g. a stride-2 3×3 convolution 128→256 channels on a 4×2 map, which ResNets hit at
+32×16 inputs. Where the check fails, that model and size run in fp32, with a warning.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+log = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
@@ -93,3 +100,84 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
     if amp == "bf16" or cpu_has_native_bf16():
         return Precision(device, torch.bfloat16, True)
     return Precision(device, None, True)
+
+
+_CHECKED: dict[tuple, bool] = {}
+MIN_COSINE = 0.99  # final embeddings, autocast vs fp32
+MAX_LAYER_ERROR = 0.05  # per conv/linear layer: max |autocast − fp32| / max |fp32|
+
+
+def _layer_errors(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> tuple[torch.Tensor, dict]:
+    """Autocast forward of ``x``; each conv/linear output is compared with fp32 on the same input.
+
+    Layer by layer, because a kernel that leaves part of its output unwritten (what oneDNN does here)
+    returns whatever the memory held: the final embedding may then look plausible by chance.
+    """
+    errors: dict[str, float] = {}
+
+    def hook(name):
+        def check(module, inputs, out):
+            with torch.autocast(precision.device.type, enabled=False):
+                w = module.weight.float()
+                b = None if module.bias is None else module.bias.float()
+                xin = inputs[0].float()
+                if isinstance(module, torch.nn.Conv2d):
+                    ref = module._conv_forward(xin, w, b)
+                else:
+                    ref = torch.nn.functional.linear(xin, w, b)
+                err = (out.float() - ref).abs().max() / ref.abs().max().clamp(min=1e-6)
+            errors[name] = float(err) if torch.isfinite(err) else float("inf")
+        return check
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        out = _forward(model, x, precision)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, errors
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, precision: Precision) -> torch.Tensor:
+    with precision.autocast():
+        out = model(precision.batch(x))
+    out = out.features if hasattr(out, "features") else out
+    return out.float().flatten(1)
+
+
+def checked_precision(precision: Precision, model: torch.nn.Module, height: int, width: int) -> Precision:
+    """``precision``, or its fp32 twin when autocast computes ``model`` wrongly at ``height``×``width``.
+
+    Two seeded random images go through the model in eval mode under autocast; every conv/linear
+    layer's output must match fp32 on the same input (max error ≤ 5% of the layer's largest value)
+    and every final embedding must be finite with a cosine ≥ 0.99 to the fp32 model's. Otherwise fp32
+    is returned and a warning names the layer. Checked once per (architecture, input size, dtype,
+    device) per process; the model's train/eval mode is restored.
+    """
+    if precision.dtype is None:
+        return precision
+    arch = (type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+    key = (hash(arch), height, width, precision.dtype, precision.device.type)
+    if key not in _CHECKED:
+        was_training = model.training
+        model = precision.prepare(model).eval()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, height, width, generator=gen)
+        try:
+            with torch.no_grad():
+                ref = _forward(model, x, replace(precision, dtype=None))
+                low, errors = _layer_errors(model, x, precision)
+        finally:
+            model.train(was_training)
+        cos = torch.nn.functional.cosine_similarity(low, ref, dim=1)
+        bad = {n: e for n, e in errors.items() if not e <= MAX_LAYER_ERROR}
+        ok = bool(not bad and torch.isfinite(low).all() and (cos >= MIN_COSINE).all())
+        if not ok:
+            worst = sorted(bad.items(), key=lambda kv: -kv[1])[:3]
+            log.warning("%s autocast computes %s wrongly at %dx%d (layers off by %s; embedding cosine to fp32 %s): "
+                        "using fp32", precision.describe(), type(model).__name__, height, width,
+                        {n: f"{e:.3g}" for n, e in worst} or "none",
+                        [round(float(c), 3) for c in torch.nan_to_num(cos, nan=-1.0)])
+        _CHECKED[key] = ok
+    return precision if _CHECKED[key] else replace(precision, dtype=None)

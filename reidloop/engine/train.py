@@ -20,7 +20,7 @@ from ..data.records import ImageRecord
 from ..data.sampler import PKSampler
 from ..data.transforms import build_transforms
 from ..losses import reid_loss
-from .precision import Precision
+from .precision import Precision, checked_precision
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def train_supervised(model: torch.nn.Module, records: Sequence[ImageRecord], *, 
     """Train ``model`` (whose classifier has one output per identity in ``records``) for cfg.epochs."""
     torch.manual_seed(cfg.seed)
     loader, sampler, _ = train_loader(records, height, width, cfg, num_workers, skip_bad)
+    precision = checked_precision(precision, model, height, width)
     model = precision.prepare(model)
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..engine.features import embed_batches
-from ..engine.precision import Precision
+from ..engine.precision import Precision, checked_precision
 from ..models import load_checkpoint
 from .images import InputTransform
 
@@ -140,6 +140,7 @@ def load_serving_model(path: Path, precision: Precision, transform: InputTransfo
             break
     else:
         raise ValueError(f"{path}: changed three times while being loaded; will retry on the next change")
+    precision = checked_precision(precision, model, transform.height, transform.width)
     model = precision.prepare(model.eval())
     probe = torch.zeros(1, 3, transform.height, transform.width, dtype=torch.uint8)
     try:

@@ -118,4 +118,4 @@ class ReidService:
         m = self._state.model
         return {"model_version": m.version, "checkpoint_id": m.version, "checkpoint": m.path,
                 "metrics": m.metrics, "loaded_at": m.loaded_at, "dim": m.dim, "source": self.follower.source,
-                "precision": self.precision.describe(), "swaps": self.swaps, "last_error": self.last_error}
+                "precision": m.precision.describe(), "swaps": self.swaps, "last_error": self.last_error}
