@@ -28,6 +28,14 @@ def test_yaml_and_overrides_reach_typed_fields(tmp_path):
     assert job.train.epochs == 5 and job.model.backbone == "resnet18"
 
 
+def test_amp_off_means_off_although_yaml_reads_it_as_false(tmp_path):
+    p = write(tmp_path, "train:\n  amp: off\n")  # YAML 1.1: off -> False
+    job = load_config(PretrainJob, p, ["eval.amp=off"])
+    assert job.train.amp == "off" and job.eval.amp == "off"
+    with pytest.raises(ConfigError, match="eval.amp: True is not one of"):
+        load_config(PretrainJob, None, ["eval.amp=on"])  # "on" is no amp choice
+
+
 def test_roundtrip_through_save(tmp_path):
     job = load_config(PretrainJob, None, ["train.epochs=3", "data.synthetic.train_ids=10"])
     save_config(job, tmp_path / "out.yaml")

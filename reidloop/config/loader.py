@@ -23,6 +23,9 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid."""
 
 
+YAML_BOOL_WORDS = {False: {"off", "no", "false", "n"}, True: {"on", "yes", "true", "y"}}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -45,6 +48,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            # YAML 1.1 reads off/no/false (on/yes/true) as booleans: `amp: off` means the choice "off"
+            spelled = [a for a in args if isinstance(a, str) and a.lower() in YAML_BOOL_WORDS[value]]
+            if len(spelled) == 1:
+                return spelled[0]
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
