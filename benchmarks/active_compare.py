@@ -139,8 +139,11 @@ def plot(rows: list[dict], strategies: list[str], path: Path, title: str) -> Non
         rs = sorted({r["round"] for r in rows if r["strategy"] == s})
         x = [np.mean([r["answers"] for r in rows if r["strategy"] == s and r["round"] == k]) for k in rs]
         for ax, m in zip(axes, ("mAP", "rank1")):
-            ax.plot(x, [100 * np.mean([r[m] for r in rows if r["strategy"] == s and r["round"] == k]) for k in rs],
-                    "o-", label=s)
+            y = [100 * np.mean([r[m] for r in rows if r["strategy"] == s and r["round"] == k]) for k in rs]
+            if max(x) == 0:  # a reference that asks nothing (Baseline, UpperBound): a level, not a curve
+                ax.axhline(y[-1], ls="--", color="grey" if s == "baseline" else "black", label=s)
+            else:
+                ax.plot(x, y, "o-", label=s)
     for ax, m in zip(axes, ("mAP", "rank-1")):
         ax.set_xlabel("answers")
         ax.set_ylabel(f"{m} (%)")

@@ -11,7 +11,7 @@ from ..config import EvaluateJob, PretrainJob, save_config, to_dict
 from ..data.registry import build_splits
 from ..models import build_model, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_model, format_metrics
-from .precision import resolve_device, resolve_precision
+from .precision import checked_precision, resolve_device, resolve_precision
 from .train import train_supervised
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
     log.info("\n%s", splits.summary())
     device = resolve_device(job.train.device)
     model = build_model(job.model, num_classes=len(splits.train_pids))
-    train_precision = resolve_precision(job.train.amp, device)
+    train_precision = checked_precision(resolve_precision(job.train.amp, device), model, job.data.height,
+                                        job.data.width)
     log.info("training %s on %s (%s)", job.model.backbone, splits.name, train_precision.describe())
     start = time.perf_counter()
     history = train_supervised(model, splits.train, height=job.data.height, width=job.data.width,
@@ -61,7 +62,7 @@ def run_evaluate(job: EvaluateJob, progress: bool = True) -> dict:
     else:
         model = build_model(job.model, num_classes=0)
         name = f"{job.model.backbone} ({job.model.weights or 'random init'})"
-    precision = resolve_precision(job.eval.amp, device)
+    precision = checked_precision(resolve_precision(job.eval.amp, device), model, job.data.height, job.data.width)
     metrics = evaluate_model(model, splits.query, splits.gallery, height=job.data.height, width=job.data.width,
                              cfg=job.eval, precision=precision, num_workers=job.data.num_workers,
                              progress=progress)

@@ -103,7 +103,7 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
 
 
 _CHECKED: dict[tuple, bool] = {}
-MIN_COSINE = 0.99  # final embeddings, autocast vs fp32
+MIN_COSINE = 0.9  # final embeddings, autocast vs fp32 (a trained net reaches ~0.99 on noise inputs)
 MAX_LAYER_ERROR = 0.05  # per conv/linear layer: max |autocast − fp32| / max |fp32|
 
 
@@ -151,7 +151,8 @@ def checked_precision(precision: Precision, model: torch.nn.Module, height: int,
 
     Two seeded random images go through the model in eval mode under autocast; every conv/linear
     layer's output must match fp32 on the same input (max error ≤ 5% of the layer's largest value)
-    and every final embedding must be finite with a cosine ≥ 0.99 to the fp32 model's. Otherwise fp32
+    and every final embedding must be finite with a cosine ≥ 0.9 to the fp32 model's (the layer check
+    catches broken kernels; this one, errors that only add up over depth). Otherwise fp32
     is returned and a warning names the layer. Checked once per (architecture, input size, dtype,
     device) per process; the model's train/eval mode is restored.
     """
