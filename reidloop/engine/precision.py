@@ -25,6 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     capability = ""
@@ -159,7 +160,7 @@ def checked_precision(precision: Precision, model: torch.nn.Module, height: int,
     if precision.dtype is None:
         return precision
     arch = (type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
-    key = (hash(arch), height, width, precision.dtype, precision.device.type)
+    key = (arch, height, width, precision.dtype, precision.device.type)
     if key not in _CHECKED:
         was_training = model.training
         model = precision.prepare(model).eval()
