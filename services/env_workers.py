@@ -9,7 +9,8 @@ W workers in lock-step, so the questions asked depend on the seed alone, never o
 2. the agent observes the previous step's transitions, then selects W actions, in worker order;
 3. the labelling service answers the W questions in that order (a pair two episodes ask in the same
    step is paid once; the second gets the recorded answer free);
-4. the workers apply the answers in parallel and return the transitions; repeat.
+4. the workers apply the answers in parallel and return the transitions; candidates an answer settles
+   by transitivity (``infer_answers``) are then revealed to their episodes for free; repeat.
 
 With W = 1 this asks exactly what ``ActiveLearningLoop.ask_round`` asks in one process. The fixed
 cost of a step (three actor round trips and one durable log write) is shared by the W episodes,
@@ -108,6 +109,13 @@ class EnvWorker:
         self.obs = next_obs
         return Applied(self.incarnation, step, env.questions_asked, bool(done) or not mask.any())
 
+    def reveal(self, known: dict[int, int]) -> Reset:
+        """Apply answers implied by other answers (free: no question, no reward); the new obs and mask."""
+        env = self.env
+        self.obs, info = env.reveal(known)
+        return Reset(self.incarnation, EpisodeView(env.query, env.candidates, env.distances), self.obs,
+                     info["action_mask"])
+
     def pid(self) -> int:
         return os.getpid()
 
@@ -168,6 +176,28 @@ def _refill(slots: list[Slot], queue: deque, queries: np.ndarray, cands: np.ndar
             s.asked, s.live = 0, bool(reply.mask.any())
 
 
+def _reveal_implied(answered: list[tuple[Slot, Step]], asker) -> None:
+    """Reveal, for free, the candidates each live episode's answer settled (``asker.infer``), before the agent
+    observes the step: its next state is the state after the reveal, as in ``reidloop.active.loop.run_episode``."""
+    if not hasattr(asker, "infer"):
+        return
+    todo = []
+    for s, step in answered:
+        if s.live:
+            implied = {int(a): y for a in np.flatnonzero(s.mask)
+                       if (y := asker.infer(s.query, int(s.candidates[a]))) is not None}
+            if implied:
+                todo.append((s, step, implied))
+    if not todo:
+        return
+    for (s, step, _), reply in zip(todo, ray.get([s.worker.reveal.remote(k) for s, _, k in todo])):
+        _checked(s, reply)
+        s.obs, s.mask = reply.obs, reply.mask
+        step.next_obs, step.next_mask = reply.obs, reply.mask
+        if not s.mask.any():
+            step.done, s.live = True, False
+
+
 def run_lockstep(slots: list[Slot], agent, asker, queries: np.ndarray, cands: np.ndarray, round_: int,
                  kmax: int) -> int:
     """Ask the round's queries (nearest candidates ``cands``) on the slots' workers; returns the questions put.
@@ -193,6 +223,7 @@ def run_lockstep(slots: list[Slot], agent, asker, queries: np.ndarray, cands: np
             steps.append(reply.step)
             s.obs, s.mask, s.asked = reply.step.next_obs, reply.step.next_mask, reply.asked
             s.live = not reply.done and s.asked < kmax
+        _reveal_implied([(s, st) for (s, _, _), st in zip(paid, steps)], asker)  # steps: this lock-step's
         asked += len(paid)
         if len(paid) < len(live):
             agent.observe_batch(steps)

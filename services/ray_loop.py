@@ -17,6 +17,7 @@ snapshot is reloaded and the round replayed from the log, so the run asks what i
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import uuid
@@ -32,6 +33,7 @@ from reidloop.active.finetune import FinetuneStats, finetune_data
 from reidloop.active.loop import (ActiveLearningLoop, ReplayingOracle, ResumeDiverged, answered_pairs,
                                   nearest_candidates_all)
 from reidloop.config import LoopJob, RayConfig
+from reidloop.pair_knowledge import PairKnowledge
 from trainers.ray_train import fit_finetune, fit_pretrain
 
 from .agent_service import AgentService, RemoteStrategy
@@ -68,13 +70,22 @@ class RoundAsker:
     their logged order, free; pairs still waiting to be replayed are not "known" yet (as at that point
     of the interrupted run); a pair answered earlier (e.g. by another episode of the same lock-step)
     is free as always. Anything else while replays are pending means the run diverged.
+
+    With ``knowledge`` (``infer_answers``), "known" is everything the answers so far imply: it is
+    answered here without a call, implied questions are never sent, and every answer is learnt.
     """
 
-    def __init__(self, oracle) -> None:
+    def __init__(self, oracle, knowledge: Optional[PairKnowledge] = None) -> None:
         self.replay: Optional[ReplayingOracle] = oracle if isinstance(oracle, ReplayingOracle) else None
         self.service: ServiceOracle = oracle.oracle if self.replay is not None else oracle
+        self.knowledge = knowledge
+
+    def infer(self, q: int, c: int) -> Optional[int]:
+        return self.knowledge.infer(q, c) if self.knowledge is not None else None
 
     def known_batch(self, requests: list[tuple[int, Sequence[int]]]) -> list[list[Optional[int]]]:
+        if self.knowledge is not None:
+            return [[self.knowledge.infer(q, int(c)) for c in cands] for q, cands in requests]
         out = self.service.known_batch(requests)
         if self.replay is not None and self.replay.pending:
             waiting = {pair_key(q, c) for q, c, _ in self.replay.pending}
@@ -83,6 +94,14 @@ class RoundAsker:
         return out
 
     def ask_batch(self, questions: list[Question], strategy: str) -> list[Optional[int]]:
+        answers = self._ask_batch(questions, strategy)
+        if self.knowledge is not None:
+            for (q, c, _, _), y in zip(questions, answers):
+                if y is not None and self.knowledge.infer(q, c) is None:
+                    self.knowledge.add(q, c, y)
+        return answers
+
+    def _ask_batch(self, questions: list[Question], strategy: str) -> list[Optional[int]]:
         answers: list[Optional[int]] = []
         i = 0
         while self.replay is not None and self.replay.pending and i < len(questions):
@@ -176,7 +195,8 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         return fit_finetune(model, pool, self.job, data, seed=self.job.seed + round_,
                             name=f"{self.run_tag}-round{round_}-finetune")
 
-    def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric, strategy, oracle) -> None:
+    def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric, strategy, oracle,
+                  knowledge: Optional[PairKnowledge] = None) -> None:
         """The round's episodes on the env workers in lock-step; recovers lost agent / worker state by replay."""
         job = self.job
         cands = nearest_candidates_all(features, metric, queries, job.dral.ns)
@@ -188,7 +208,10 @@ class RayActiveLearningLoop(ActiveLearningLoop):
             for attempt in range(ROUND_RECOVERIES + 1):
                 try:
                     slots = prepare_workers(self.workers, ctx_ref)
-                    run_lockstep(slots, strategy, RoundAsker(asker), queries, cands, round_, job.dral.kmax)
+                    # a replayed round starts again from the round's knowledge
+                    round_knowledge = copy.deepcopy(knowledge)
+                    run_lockstep(slots, strategy, RoundAsker(asker, round_knowledge), queries, cands, round_,
+                                 job.dral.kmax)
                     return
                 except (LostActorState, RayActorError) as exc:
                     if attempt == ROUND_RECOVERIES:

@@ -125,7 +125,7 @@ class CrashingLoop(ActiveLearningLoop):
         super().__init__(job, progress=False)
         self.after = after
 
-    def ask_round(self, round_, queries, features, metric, strategy, oracle):
+    def ask_round(self, round_, queries, features, metric, strategy, oracle, knowledge=None):
         ask, budget = oracle.ask, [self.after]
 
         def dying_ask(*a, **kw):
@@ -135,7 +135,7 @@ class CrashingLoop(ActiveLearningLoop):
             return ask(*a, **kw)
 
         oracle.ask = dying_ask
-        super().ask_round(round_, queries, features, metric, strategy, oracle)
+        super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +170,29 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_checkpoint):
     with pytest.raises(ResumeDiverged):
         ActiveLearningLoop(changed, progress=False).run()
     assert len(answered(tmp_path / "r")[0]) == 4  # the log is untouched
+
+
+def implied_when_asked(out) -> int:
+    """How many logged questions the earlier answers already settled (by transitivity)."""
+    from reidloop.pair_knowledge import PairKnowledge
+
+    t = AnswerLog(out / "answers").read().sort_by("question_id")
+    k, implied = PairKnowledge(10_000), 0
+    for q, c, y in zip(*(t.column(n).to_pylist() for n in ("query", "candidate", "answer"))):
+        if k.infer(q, c) is not None:
+            implied += 1
+        else:
+            k.add(q, c, y)
+    return implied
+
+
+@pytest.mark.parametrize("strategy", ["dral", "random"])
+def test_no_question_is_implied_by_earlier_answers(tmp_path, tiny_checkpoint, strategy):
+    over = {"strategy": strategy, "max_queries": 24, "dral.kmax": 5}
+    on = ActiveLearningLoop(tiny_job(tmp_path / "on", tiny_checkpoint, tmp_path / "cache", **over),
+                            progress=False).run()
+    assert on.answers > 0 and implied_when_asked(tmp_path / "on") == 0
+    off = ActiveLearningLoop(tiny_job(tmp_path / "off", tiny_checkpoint, tmp_path / "cache",
+                                      infer_answers=False, **over), progress=False).run()
+    assert implied_when_asked(tmp_path / "off") > 0  # without inference the same loop asks what it knew
+    assert on.answers <= off.answers  # Kmax per query still bounds the cost (paper §4.4)

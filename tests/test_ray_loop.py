@@ -233,7 +233,7 @@ def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_se
         """Just before the 4th lock-step, kills the agent (round 1) or an env worker (round 2); Ray restarts
         the actor empty, and the loop must notice and replay the round."""
 
-        def ask_round(self, round_, queries, features, metric, strategy, oracle):
+        def ask_round(self, round_, queries, features, metric, strategy, oracle, knowledge=None):
             step, calls = strategy.step, [0]
 
             def step_after_kill(*args):
@@ -244,7 +244,7 @@ def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_se
 
             strategy.step = step_after_kill
             try:
-                super().ask_round(round_, queries, features, metric, strategy, oracle)
+                super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
             finally:
                 strategy.step = step
 

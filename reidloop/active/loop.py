@@ -11,7 +11,9 @@ Per round (``1 / finetune.every`` rounds, paper: 4):
 
 Pairs answered earlier (e.g. (g, q) when q was asked about g) are applied to the
 state for free (``known``), so no pair is ever asked twice and the annotation cost
-is counted exactly: at most n_queries · Kmax (paper §4.4).
+is counted exactly: at most n_queries · Kmax (paper §4.4). With ``infer_answers``
+(the default) the same holds for every pair the answers imply by transitivity
+(:mod:`reidloop.pair_knowledge`), at the start of an episode and after each answer.
 
 The Ray service (``services/``) runs the same rounds with episodes spread over
 environment workers; everything it needs is the public functions of this module.
@@ -45,12 +47,14 @@ from ..engine.precision import resolve_device, resolve_precision
 from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..oracle import BudgetExhausted, SimulatedOracle
+from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, Transition, build_strategy
 from .finetune import finetune
 
 log = logging.getLogger(__name__)
 
 AnswerFn = Callable[[int, int, int, int], int]  # (query, candidate, round, step) -> ±1
+InferFn = Callable[[int, int], "int | None"]  # (query, candidate) -> ±1 when the answers so far imply it
 
 
 # --------------------------------------------------------------------------- pieces
@@ -90,19 +94,33 @@ def split_pairs(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarray
 
 def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates: np.ndarray,
                 features: np.ndarray, metric: Metric, known: dict[int, int], answer_fn: AnswerFn,
-                round_: int) -> int:
-    """One query: ask up to Kmax candidates; returns the number of questions asked."""
+                round_: int, infer: InferFn | None = None) -> int:
+    """One query: ask up to Kmax candidates; returns the number of questions asked.
+
+    With ``infer(query, candidate) -> ±1 | None`` (what the answers so far imply), the candidates an
+    answer settles are revealed to the state for free before the next choice, and never asked.
+    """
     obs, mask = reset_episode(env, query, candidates, features, metric, known)
     while mask.any() and env.questions_asked < env.kmax:
         a = strategy.select(env, obs, mask)
         c = int(candidates[a])
         y = answer_fn(int(query), c, round_, env.questions_asked)
         next_obs, reward, done, _, info = env.step_with_answer(a, y)
+        if infer is not None and not done:
+            implied = implied_answers(infer, int(query), candidates, info["action_mask"])
+            if implied:
+                next_obs, info = env.reveal(implied)
+                done = not info["action_mask"].any()
         strategy.observe(Transition(obs, a, float(reward), next_obs, info["action_mask"], done, y, int(query), c))
         obs, mask = next_obs, info["action_mask"]
         if done:
             break
     return env.questions_asked
+
+
+def implied_answers(infer: InferFn, query: int, candidates: np.ndarray, mask: np.ndarray) -> dict[int, int]:
+    """{position: ±1} for the still-askable candidates whose answer ``infer`` already knows."""
+    return {int(a): y for a in np.flatnonzero(mask) if (y := infer(query, int(candidates[a]))) is not None}
 
 
 # ------------------------------------------------------------------- resuming
@@ -247,21 +265,29 @@ class ActiveLearningLoop:
                         pool_labels=pids)
 
     def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric: Metric,
-                  strategy: Strategy, oracle) -> None:
-        """Run the episodes of one round's queries (the Ray service overrides this with env workers)."""
+                  strategy: Strategy, oracle, knowledge: PairKnowledge | None = None) -> None:
+        """Run the episodes of one round's queries (the Ray service overrides this with env workers).
+
+        ``knowledge`` (None when ``infer_answers`` is off) holds every answer so far and learns each new one.
+        """
         cands = nearest_candidates_all(features, metric, queries, self.job.dral.ns)
         env = QueryEpisodeEnv.from_config(self.job.dral)
+        known_fn = knowledge.infer if knowledge is not None else oracle.known
 
         def answer(q: int, c: int, r: int, step: int) -> int:
-            return oracle.ask(q, c, round=r, step=step, strategy=strategy.name)
+            y = oracle.ask(q, c, round=r, step=step, strategy=strategy.name)
+            if knowledge is not None:
+                knowledge.add(q, c, y)
+            return y
 
         it = range(len(queries))
         if self.progress:
             it = tqdm(it, desc=f"round {round_} queries", leave=False, disable=None)
         for i in it:
             q = int(queries[i])
-            known = {a: y for a, c in enumerate(cands[i]) if (y := oracle.known(q, int(c))) is not None}
-            run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_)
+            known = {a: y for a, c in enumerate(cands[i]) if (y := known_fn(q, int(c))) is not None}
+            run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_,
+                        infer=None if knowledge is None else knowledge.infer)
 
     # ---- main
     def run(self) -> LoopResult:
@@ -297,9 +323,11 @@ class ActiveLearningLoop:
             if pending.num_rows:  # the round was interrupted: replay it
                 asker = ReplayingOracle(oracle, list(zip(*answered_pairs(pending))))
                 result.resumed_from_round = r
+            knowledge = PairKnowledge(n, zip(q_all.tolist(), c_all.tolist(), y_all.tolist())) \
+                if job.infer_answers else None
             if strategy.asks_questions and asker.remaining:
                 try:
-                    self.ask_round(r, order[sl], features, metric, strategy, asker)
+                    self.ask_round(r, order[sl], features, metric, strategy, asker, knowledge)
                 except BudgetExhausted:
                     log.info("annotation budget of %d questions spent in round %d", budget, r)
             if isinstance(asker, ReplayingOracle):

@@ -254,6 +254,9 @@ class LoopJob:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     max_queries: Optional[int] = None  # browse only this many queries (None: every pool image once)
+    # Never ask what the answers so far imply ("same" is transitive: a~b, b~c => a~c; a~b, b!~c => a!~c):
+    # implied answers are applied to the query's state for free (reidloop/pair_knowledge.py).
+    infer_answers: bool = True
     output_dir: str = "runs/loop"
     seed: int = 0
 

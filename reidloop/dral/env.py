@@ -173,6 +173,19 @@ class QueryEpisodeEnv(gymnasium.Env):
         info.update(candidate=int(self.candidates[a]), answer=y)
         return self._obs(), reward, bool(terminated), False, info
 
+    def reveal(self, known: dict[int, int]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Apply answers learnt without asking (e.g. implied by other answers) mid-episode: no question, no reward."""
+        if self._options is None:
+            raise RuntimeError("call reset(options=...) before reveal")
+        for pos, y in known.items():
+            if not (isinstance(pos, (int, np.integer)) and 0 <= pos < self.ns) or y not in (1, -1):
+                raise ValueError(f"reveal entry {pos!r}: {y!r} must map a position in [0, {self.ns}) to +1/-1")
+            if not self.action_mask[pos]:
+                raise ValueError(f"reveal: candidate position {pos} is already answered")
+        for pos, y in known.items():
+            self._record(int(pos), int(y))
+        return self._obs(), self._info()
+
     # ---------------------------------------------------------------- helpers
     @property
     def action_mask(self) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""What the answers so far imply about pairs never asked: "same person" is transitive.
+
+The annotator's answers partition the pool: a "same" answer joins two groups (union-find), a
+"different" answer marks two groups as different. Hence, for any pair (a, b):
+
+* a and b in one group                       → +1 (a~x, x~b ⇒ a~b);
+* their groups marked different              → −1 (a~x, x≁y, y~b ⇒ a≁b);
+* otherwise                                  → unknown: only a question can tell.
+
+The loop never asks an implied pair: it is applied to the query's state for free, like a pair
+answered from the other side (paper §3.2.1 asks each candidate once; this extends "once" to what
+the answers already settle). With an error-free annotator the implied answers are the truth; with
+``oracle.error_rate > 0`` an error also propagates, as it would in any label set built from the
+answers. An answer can never contradict the knowledge, because implied pairs are not asked.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+
+class PairKnowledge:
+    """Union-find of "same" answers with a set of "different" group pairs over ``n`` pool items."""
+
+    def __init__(self, n: int, answers: Iterable[tuple[int, int, int]] = ()) -> None:
+        if n < 0:
+            raise ValueError(f"n: {n!r} must be >= 0")
+        self.n = n
+        self._parent = list(range(n))
+        self._different: dict[int, set[int]] = {}  # group root → roots of groups known different
+        for a, b, y in answers:
+            self.add(a, b, y)
+
+    def _check(self, i: int) -> int:
+        i = int(i)
+        if not 0 <= i < self.n:
+            raise IndexError(f"pool index {i} is out of range for a pool of {self.n} images")
+        return i
+
+    def group(self, i: int) -> int:
+        """The root of ``i``'s group (path halving)."""
+        i = self._check(i)
+        p = self._parent
+        while p[i] != i:
+            p[i] = p[p[i]]
+            i = p[i]
+        return i
+
+    def infer(self, a: int, b: int) -> Optional[int]:
+        """+1 / −1 when the answers so far settle the pair (a, b), else None."""
+        ra, rb = self.group(a), self.group(b)
+        if ra == rb:
+            return 1
+        return -1 if rb in self._different.get(ra, ()) else None
+
+    def add(self, a: int, b: int, y: int) -> None:
+        """Record the answer ``y`` (±1) for (a, b); raises ValueError when it contradicts the knowledge."""
+        if y not in (1, -1):
+            raise ValueError(f"answer for ({a}, {b}) must be +1 or -1, got {y!r}")
+        if int(a) == int(b):
+            raise ValueError(f"pair ({a}, {b}) is one image")
+        known = self.infer(a, b)
+        if known is not None and known != y:
+            raise ValueError(f"answer {y:+d} for ({a}, {b}) contradicts the earlier answers, which imply {known:+d}")
+        ra, rb = self.group(a), self.group(b)
+        if ra == rb:
+            return
+        if y == -1:
+            self._different.setdefault(ra, set()).add(rb)
+            self._different.setdefault(rb, set()).add(ra)
+            return
+        keep, gone = min(ra, rb), max(ra, rb)
+        self._parent[gone] = keep
+        moved = self._different.pop(gone, set())
+        for r in moved:  # re-point the other side of every "different" edge of the absorbed group
+            others = self._different[r]
+            others.discard(gone)
+            others.add(keep)
+        if moved:
+            self._different.setdefault(keep, set()).update(moved)

@@ -1,0 +1,81 @@
+"""What the answers imply: transitivity of "same", and "different" between groups."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from reidloop.dral.env import QueryEpisodeEnv
+from reidloop.pair_knowledge import PairKnowledge
+
+
+def test_same_is_transitive_and_different_spreads_over_groups():
+    k = PairKnowledge(6, [(0, 1, 1), (1, 2, 1), (2, 3, -1)])
+    assert k.infer(0, 2) == 1 and k.infer(2, 0) == 1  # 0~1, 1~2
+    assert k.infer(0, 3) == -1 and k.infer(3, 1) == -1  # 0~2, 2!~3
+    assert k.infer(3, 4) is None and k.infer(4, 5) is None  # nothing said about 4 and 5
+    k.add(3, 4, 1)  # 4 joins 3's group, which is known different from {0, 1, 2}
+    assert k.infer(4, 0) == -1 and k.infer(4, 3) == 1
+    k.add(5, 0, 1)
+    assert k.infer(5, 4) == -1 and k.infer(5, 2) == 1
+
+
+def test_merging_two_groups_keeps_every_different_edge():
+    k = PairKnowledge(8, [(0, 1, -1), (2, 3, -1), (4, 5, -1)])
+    k.add(1, 2, 1)  # {1, 2}: different from 0 and from 3
+    k.add(4, 2, 1)  # {1, 2, 4}: also different from 5
+    for x in (1, 2, 4):
+        assert [k.infer(x, y) for y in (0, 3, 5)] == [-1, -1, -1]
+    assert k.infer(0, 3) is None  # both differ from {1, 2, 4}: that says nothing about each other
+
+
+def test_agrees_with_ground_truth_on_random_answer_sequences():
+    rng = np.random.default_rng(0)
+    pids = rng.integers(0, 5, 30)
+    k = PairKnowledge(30)
+    pairs = list(itertools.combinations(range(30), 2))
+    for i in rng.permutation(len(pairs))[:120]:
+        a, b = pairs[i]
+        if k.infer(a, b) is None:
+            k.add(a, b, 1 if pids[a] == pids[b] else -1)
+    settled = 0
+    for a, b in pairs:  # whatever is implied is the truth
+        y = k.infer(a, b)
+        if y is not None:
+            settled += 1
+            assert y == (1 if pids[a] == pids[b] else -1)
+    assert settled > 120  # and more is settled than was asked
+
+
+def test_contradictions_and_bad_input_are_refused():
+    k = PairKnowledge(4, [(0, 1, 1), (1, 2, -1)])
+    with pytest.raises(ValueError, match=r"contradicts.*imply -1"):
+        k.add(0, 2, 1)
+    with pytest.raises(ValueError, match="contradicts"):
+        k.add(1, 0, -1)
+    k.add(0, 1, 1)  # repeating a consistent answer is harmless
+    with pytest.raises(IndexError, match="pool index 4"):
+        k.infer(0, 4)
+    with pytest.raises(ValueError, match=r"\+1 or -1"):
+        k.add(2, 3, 0)
+    with pytest.raises(ValueError, match="one image"):
+        k.add(3, 3, 1)
+
+
+def test_env_reveal_applies_answers_for_free():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 3))
+    D = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    env = QueryEpisodeEnv(ns=4, kmax=2, kappa=2, thred=0.4, margin=0.2)
+    env.reset(options={"query": 0, "candidates": np.array([1, 2, 3, 4]), "distances": D})
+    env.step_with_answer(0, 1)
+    obs, info = env.reveal({2: -1, 3: 1})
+    assert env.questions_asked == 1  # a reveal is not a question
+    assert info["action_mask"].tolist() == [False, True, False, False]
+    assert obs[-4:].tolist() == [1, 0, -1, 1]
+    assert env.positives == [1, 4] and env.negatives == [3]
+    with pytest.raises(ValueError, match="already answered"):
+        env.reveal({2: 1})
+    with pytest.raises(ValueError, match=r"position in \[0, 4\)"):
+        env.reveal({7: 1})
