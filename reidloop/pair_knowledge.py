@@ -15,19 +15,27 @@ answers. An answer can never contradict the knowledge, because implied pairs are
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
 
 
 class PairKnowledge:
     """Union-find of "same" answers with a set of "different" group pairs over ``n`` pool items."""
 
-    def __init__(self, n: int, answers: Iterable[tuple[int, int, int]] = ()) -> None:
+    def __init__(self, n: int, answers: Iterable[tuple[int, int, int]] = (), strict: bool = True) -> None:
+        """``answers`` in the order given; ``strict=False`` skips (and counts in ``conflicts``) an answer
+        that contradicts the earlier ones, as an erring annotator's log without inference may hold."""
         if n < 0:
             raise ValueError(f"n: {n!r} must be >= 0")
         self.n = n
         self._parent = list(range(n))
         self._different: dict[int, set[int]] = {}  # group root → roots of groups known different
+        self.conflicts = 0
         for a, b, y in answers:
+            if not strict and self.infer(a, b) not in (None, y):
+                self.conflicts += 1
+                continue
             self.add(a, b, y)
 
     def _check(self, i: int) -> int:
@@ -77,3 +85,17 @@ class PairKnowledge:
             others.add(keep)
         if moved:
             self._different.setdefault(keep, set()).update(moved)
+
+    def roots(self) -> np.ndarray:
+        """(n,) the group root of every pool item."""
+        return np.array([self.group(i) for i in range(self.n)], dtype=np.int64)
+
+    def settled_pairs(self, items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair among ``items`` that the answers settle, as local index pairs (i < j): (same, different)."""
+        roots = np.array([self.group(i) for i in items], dtype=np.int64)
+        iu = np.triu_indices(len(roots), 1)
+        pairs = np.stack(iu, 1).reshape(-1, 2)
+        ra, rb = roots[iu[0]], roots[iu[1]]
+        same = ra == rb
+        diff = np.array([b in self._different.get(a, ()) for a, b in zip(ra.tolist(), rb.tolist())], dtype=bool)
+        return pairs[same], pairs[diff & ~same]

@@ -79,3 +79,31 @@ def test_env_reveal_applies_answers_for_free():
         env.reveal({2: 1})
     with pytest.raises(ValueError, match=r"position in \[0, 4\)"):
         env.reveal({7: 1})
+
+
+def test_settled_batches_hold_the_queries_people_and_every_settled_pair():
+    from reidloop.active.finetune import pair_batches
+
+    # answers: 0~1, 1~2 (so 0~2 unasked), 0!~3, 3~4, and 5!~6 from another query
+    q = np.array([0, 1, 0, 3, 5]); c = np.array([1, 2, 3, 4, 6]); y = np.array([1, 1, -1, 1, -1])
+    k = PairKnowledge(7, zip(q, c, y))
+    batches = list(pair_batches(q, c, y, per_batch=1, rng=np.random.default_rng(0), knowledge=k))
+    by_first = {}
+    for items, pos, neg in batches:
+        glob_pos = {tuple(sorted((int(items[a]), int(items[b])))) for a, b in pos}
+        glob_neg = {tuple(sorted((int(items[a]), int(items[b])))) for a, b in neg}
+        by_first[tuple(items.tolist())] = (glob_pos, glob_neg)
+    # query 0's batch: its answered candidates 1, 3, plus 2 (known to be 0's person, never asked with 0)
+    pos, neg = by_first[(0, 1, 2, 3)]
+    assert pos == {(0, 1), (0, 2), (1, 2)}
+    assert neg == {(0, 3), (1, 3), (2, 3)}
+    assert by_first[(0, 1, 2)] == ({(0, 1), (0, 2), (1, 2)}, set())  # query 1: 1~2, and 0 is 1's person
+    assert by_first[(3, 4)] == ({(3, 4)}, set())
+    # without knowledge, the same query's batch is its two answers only
+    plain = [b for b in pair_batches(q, c, y, per_batch=1, rng=np.random.default_rng(0)) if 0 in b[0][:1]]
+    assert [len(p) + len(n) for _, p, n in plain] == [2]
+
+
+def test_knowledge_from_an_erring_log_skips_contradictions():
+    k = PairKnowledge(3, [(0, 1, 1), (1, 2, 1), (0, 2, -1)], strict=False)
+    assert k.conflicts == 1 and k.infer(0, 2) == 1

@@ -1,6 +1,9 @@
 """CNN fine-tuning on human-verified pairs (DRAL §3.3), or on every label (UpperBound).
 
-A batch is ``queries_per_batch`` queries with all their answered candidates.
+A batch is ``queries_per_batch`` queries with all their answered candidates; with
+``FinetuneConfig.pairs = "settled"`` (the default) also every image known to show a
+query's person, labelled with every pair among the batch's images that the whole
+log settles by transitivity (:class:`reidloop.pair_knowledge.PairKnowledge`).
 The triplet loss (Eq. 2, margin ``FinetuneConfig.margin``) runs on the pairs
 known inside the batch, positives closed transitively (a~b, b~c ⇒ a~c) by
 :func:`reidloop.losses.pair_masks`. With ``cross_entropy`` on, chains of "same"
@@ -29,6 +32,7 @@ from ..data.records import ImageRecord
 from ..data.transforms import build_transforms
 from ..losses import cross_entropy_ls, pair_triplet
 from ..engine.precision import Precision, checked_precision
+from ..pair_knowledge import PairKnowledge
 
 HEAD_LR_FACTOR = 10.0
 
@@ -66,6 +70,7 @@ class FinetuneData:
     answers: np.ndarray | None
     ce_labels: np.ndarray  # per pool image: pseudo-identity of Eq. 3, -1 for none
     n_classes: int  # CE head size; 0: no CE term
+    knowledge: PairKnowledge | None = None  # FinetuneConfig.pairs == "settled": what the answers settle
 
 
 def components(n: int, pos_pairs: np.ndarray) -> np.ndarray:
@@ -91,13 +96,27 @@ def components(n: int, pos_pairs: np.ndarray) -> np.ndarray:
 
 
 def pair_batches(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarray, per_batch: int,
-                 rng: np.random.Generator):
-    """Yield (pool indices, local pos pairs, local neg pairs), ``per_batch`` queries at a time."""
+                 rng: np.random.Generator, knowledge: PairKnowledge | None = None):
+    """Yield (pool indices, local pos pairs, local neg pairs), ``per_batch`` queries at a time.
+
+    A batch holds its queries and their answered candidates, labelled by the answers. With
+    ``knowledge`` it also holds every image known to show a query's person, and is labelled with
+    every pair among its images that the answers settle.
+    """
     order = np.unique(queries)
     rng.shuffle(order)
     by_query = {q: np.flatnonzero(queries == q) for q in order}
+    if knowledge is not None:
+        roots = knowledge.roots()
     for start in range(0, len(order), per_batch):
-        rows = np.concatenate([by_query[q] for q in order[start:start + per_batch]])
+        chosen = order[start:start + per_batch]
+        rows = np.concatenate([by_query[q] for q in chosen])
+        if knowledge is not None:
+            same = np.flatnonzero(np.isin(roots, roots[chosen]))
+            items = np.unique(np.concatenate([queries[rows], candidates[rows], same]))
+            pos, neg = knowledge.settled_pairs(items)
+            yield items, pos, neg
+            continue
         items, inverse = np.unique(np.concatenate([queries[rows], candidates[rows]]), return_inverse=True)
         local = inverse.reshape(2, -1).T
         yes = answers[rows] > 0
@@ -136,14 +155,17 @@ def finetune_data(n: int, cfg: FinetuneConfig, mode: Literal["pairs", "full"], *
         if len(queries) == 0:
             return None
         ce_labels = components(n, np.stack([queries, candidates], 1)[answers > 0])
+        knowledge = PairKnowledge(n, zip(queries.tolist(), candidates.tolist(), answers.tolist()), strict=False) \
+            if cfg.pairs == "settled" else None
     elif mode == "full":
         if pool_labels is None:
             raise ValueError("finetune(mode='full') needs pool_labels")
         _, ce_labels = np.unique(np.asarray(pool_labels), return_inverse=True)
+        knowledge = None
     else:
         raise ValueError(f"finetune mode {mode!r} is not 'pairs' or 'full'")
     n_classes = int(ce_labels.max()) + 1 if cfg.cross_entropy and (ce_labels >= 0).any() else 0
-    return FinetuneData(mode, queries, candidates, answers, ce_labels, n_classes)
+    return FinetuneData(mode, queries, candidates, answers, ce_labels, n_classes, knowledge)
 
 
 def epoch_batches(data: FinetuneData, cfg: FinetuneConfig, seed: int, epoch: int) -> list[tuple]:
@@ -154,7 +176,8 @@ def epoch_batches(data: FinetuneData, cfg: FinetuneConfig, seed: int, epoch: int
     """
     rng = np.random.default_rng([seed, epoch])
     if data.mode == "pairs":
-        batches = pair_batches(data.queries, data.candidates, data.answers, cfg.queries_per_batch, rng)
+        batches = pair_batches(data.queries, data.candidates, data.answers, cfg.queries_per_batch, rng,
+                               knowledge=data.knowledge)
     else:  # as many batches as a loop whose every pool image was a query
         n_batches = -(-len(data.ce_labels) // cfg.queries_per_batch)
         batches = label_batches(data.ce_labels, cfg.queries_per_batch, 4, n_batches, rng)

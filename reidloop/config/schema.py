@@ -205,6 +205,10 @@ class FinetuneConfig:
     # `warmup_steps` (fast-reid's WARMUP_ITERS). 0 disables either.
     freeze_steps: int = 0
     warmup_steps: int = 0
+    # What a batch (queries_per_batch queries) is labelled with. "asked": the queries' answered pairs
+    # only. "settled": also every image known to show a query's person, and every pair among the
+    # batch's images that the answers settle by transitivity (reidloop/pair_knowledge.py).
+    pairs: Literal["asked", "settled"] = "settled"
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
