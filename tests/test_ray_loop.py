@@ -27,7 +27,7 @@ from reidloop.active.loop import ActiveLearningLoop
 from reidloop.answer_log import AnswerLog
 from reidloop.config import ModelConfig, save_config
 from reidloop.models import build_model, load_checkpoint, save_checkpoint
-from test_active_loop import tiny_job
+from test_active_loop import implied_when_asked, tiny_job
 
 pytestmark = pytest.mark.slow
 
@@ -219,6 +219,7 @@ def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, 
     remote = RayActiveLearningLoop(ray_job(work, init_checkpoint, "w1-ray", **over), progress=False).run()
     assert log_rows(work / "w1-ray") == log_rows(work / "w1-local")  # same questions, same order
     assert remote.answers == local.answers > 0
+    assert implied_when_asked(work / "w1-ray") == 0  # settled pairs were revealed, not asked (5 with inference off)
     for a, b in zip(local.rounds, remote.rounds):
         assert a["mAP"] == pytest.approx(b["mAP"]) and a["answers"] == b["answers"]
 
