@@ -15,7 +15,7 @@ answers. An answer can never contradict the knowledge, because implied pairs are
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -99,3 +99,9 @@ class PairKnowledge:
         same = ra == rb
         diff = np.array([b in self._different.get(a, ()) for a, b in zip(ra.tolist(), rb.tolist())], dtype=bool)
         return pairs[same], pairs[diff & ~same]
+
+
+def implied_answers(infer: Callable[[int, int], Optional[int]], query: int, candidates: np.ndarray,
+                    mask: np.ndarray) -> dict[int, int]:
+    """{position: ±1} for the still-askable (``mask``) candidates whose answer ``infer`` already knows."""
+    return {int(a): y for a in np.flatnonzero(mask) if (y := infer(query, int(candidates[a]))) is not None}

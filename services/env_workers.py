@@ -34,6 +34,7 @@ from ray.exceptions import ActorUnavailableError
 from reidloop.config import DralConfig
 from reidloop.dral.env import QueryEpisodeEnv, reset_episode
 from reidloop.oracle import BudgetExhausted
+from reidloop.pair_knowledge import implied_answers
 
 
 class LostActorState(RuntimeError):
@@ -177,17 +178,14 @@ def _refill(slots: list[Slot], queue: deque, queries: np.ndarray, cands: np.ndar
 
 
 def _reveal_implied(answered: list[tuple[Slot, Step]], asker) -> None:
-    """Reveal, for free, the candidates each live episode's answer settled (``asker.infer``), before the agent
+    """Reveal, for free, the candidates each live episode's answer settled (``asker.knowledge``), before the agent
     observes the step: its next state is the state after the reveal, as in ``reidloop.active.loop.run_episode``."""
-    if not hasattr(asker, "infer"):
+    if asker.knowledge is None:
         return
     todo = []
     for s, step in answered:
-        if s.live:
-            implied = {int(a): y for a in np.flatnonzero(s.mask)
-                       if (y := asker.infer(s.query, int(s.candidates[a]))) is not None}
-            if implied:
-                todo.append((s, step, implied))
+        if s.live and (implied := implied_answers(asker.knowledge.infer, s.query, s.candidates, s.mask)):
+            todo.append((s, step, implied))
     if not todo:
         return
     for (s, step, _), reply in zip(todo, ray.get([s.worker.reveal.remote(k) for s, _, k in todo])):

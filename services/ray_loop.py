@@ -80,9 +80,6 @@ class RoundAsker:
         self.service: ServiceOracle = oracle.oracle if self.replay is not None else oracle
         self.knowledge = knowledge
 
-    def infer(self, q: int, c: int) -> Optional[int]:
-        return self.knowledge.infer(q, c) if self.knowledge is not None else None
-
     def known_batch(self, requests: list[tuple[int, Sequence[int]]]) -> list[list[Optional[int]]]:
         if self.knowledge is not None:
             return [[self.knowledge.infer(q, int(c)) for c in cands] for q, cands in requests]
@@ -97,7 +94,7 @@ class RoundAsker:
         answers = self._ask_batch(questions, strategy)
         if self.knowledge is not None:
             for (q, c, _, _), y in zip(questions, answers):
-                if y is not None and self.knowledge.infer(q, c) is None:
+                if y is not None:  # a pair paid once and served again in the same lock-step adds nothing
                     self.knowledge.add(q, c, y)
         return answers
 

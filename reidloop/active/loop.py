@@ -47,7 +47,7 @@ from ..engine.precision import resolve_device, resolve_precision
 from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..oracle import BudgetExhausted, SimulatedOracle
-from ..pair_knowledge import PairKnowledge
+from ..pair_knowledge import PairKnowledge, implied_answers
 from ..strategies import RoundContext, Strategy, Transition, build_strategy
 from .finetune import finetune
 
@@ -116,11 +116,6 @@ def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates
         if done:
             break
     return env.questions_asked
-
-
-def implied_answers(infer: InferFn, query: int, candidates: np.ndarray, mask: np.ndarray) -> dict[int, int]:
-    """{position: ±1} for the still-askable candidates whose answer ``infer`` already knows."""
-    return {int(a): y for a in np.flatnonzero(mask) if (y := infer(query, int(candidates[a]))) is not None}
 
 
 # ------------------------------------------------------------------- resuming
