@@ -62,7 +62,7 @@ def test_components_and_pair_batches_use_every_answer():
     assert {(min(a, b), max(a, b), v) for a, b, v in seen} == expected
 
 
-@pytest.mark.parametrize("strategy", ["dral", "random", "qiu", "qbc", "gd"])
+@pytest.mark.parametrize("strategy", ["dral", "random", "qiu", "qbc", "gd", "nearest"])
 def test_loop_runs_and_logs_each_answer_once(tmp_path, tiny_checkpoint, strategy):
     job = tiny_job(tmp_path / strategy, tiny_checkpoint, tmp_path / "cache", strategy=strategy)
     result = ActiveLearningLoop(job, progress=False).run()

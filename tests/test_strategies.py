@@ -44,6 +44,20 @@ def test_random_only_picks_askable_candidates():
     assert picks == {1, 3}
 
 
+def test_nearest_asks_the_nearest_askable_candidate():
+    s = build_strategy("nearest", DralConfig(), seed=0)
+    env, obs, info = episode(LINE, 0, [3, 1, 4, 2])  # candidates out of distance order
+    mask = info["action_mask"].copy()
+    picks = []
+    while mask.any():
+        a = s.select(env, obs, mask)
+        picks.append(int(env.candidates[a]))
+        mask[a] = False
+    assert picks == [1, 2, 3, 4]
+    env, obs, info = episode(LINE, 0, [1, 2, 3, 4], known={0: 1, 1: -1})  # known pairs are skipped
+    assert s.select(env, obs, info["action_mask"]) == 2
+
+
 def test_qiu_asks_the_candidate_nearest_the_decision_boundary():
     s = build_strategy("qiu", DralConfig(), seed=0)
     # answered so far: a "same" pair at distance 1, a "different" pair at distance 4 → boundary 2.5

@@ -12,7 +12,7 @@ from .loader import ConfigError
 
 DATASETS = ("synthetic", "market1501", "dukemtmc", "cuhk03", "cuhk01")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
-STRATEGIES = ("dral", "random", "qiu", "qbc", "gd", "l2r", "baseline", "upperbound")
+STRATEGIES = ("dral", "random", "qiu", "qbc", "gd", "nearest", "l2r", "baseline", "upperbound")
 
 
 def _check(cond: bool, name: str, value, why: str) -> None:

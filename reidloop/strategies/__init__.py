@@ -6,12 +6,13 @@ from .base import RoundContext, Strategy, Transition, masked_argmax
 from .baseline import BaselineStrategy
 from .dral import DralStrategy
 from .gd import GraphDensityStrategy
+from .nearest import NearestStrategy
 from .qbc import QBCStrategy
 from .qiu import QIUStrategy
 from .random import RandomStrategy
 from .upperbound import UpperBoundStrategy
 
-_SIMPLE = {cls.name: cls for cls in (RandomStrategy, QIUStrategy, QBCStrategy, GraphDensityStrategy,
+_SIMPLE = {cls.name: cls for cls in (RandomStrategy, QIUStrategy, QBCStrategy, GraphDensityStrategy, NearestStrategy,
                                      BaselineStrategy, UpperBoundStrategy)}
 
 
