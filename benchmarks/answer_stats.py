@@ -16,15 +16,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+
+from reidloop.answer_log import AnswerLog
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BANDS = ((0, 3), (3, 6), (6, 10), (10, 15), (15, 20), (20, 10**6))
 
 
 def positive_rates(answers_dir: Path) -> dict:
-    t = pq.read_table(answers_dir, columns=["round", "answer"])
+    t = AnswerLog(answers_dir).read()  # one row per question, even after an interrupted compaction
     rounds = t.column("round").to_numpy()
     same = t.column("answer").to_numpy() == 1
     per_round = {int(r): round(float(same[rounds == r].mean()), 3) for r in np.unique(rounds)}
@@ -42,14 +43,14 @@ def reward_by_answer(strategy_pt: Path) -> dict | None:
     reward = replay["reward"].numpy()[:n]
     # the observation ends with the ns answers (+1/-1/0); the next one holds the answer just given
     y = replay["next_obs"].numpy()[:n, -ns:][np.arange(n), action]
-    out: dict = {}
     bands = {}
     for lo, hi in BANDS:
         sel = (action >= lo) & (action < hi)
         if sel.any():
-            bands[f"{lo}-{hi - 1}" if hi < BANDS[-1][1] else f"{lo}+"] = {"n": int(sel.sum()), "mean_reward": round(float(reward[sel].mean()), 3),
-                                       "same_share": round(float((y[sel] == 1).mean()), 3)}
-    out["by_position"] = bands
+            label = f"{lo}-{hi - 1}" if hi < BANDS[-1][1] else f"{lo}+"
+            bands[label] = {"n": int(sel.sum()), "mean_reward": round(float(reward[sel].mean()), 3),
+                            "same_share": round(float((y[sel] == 1).mean()), 3)}
+    out: dict = {"by_position": bands}
     for name, sel in (("same", y == 1), ("different", y == -1)):
         out[name] = {"n": int(sel.sum()), "mean_reward": round(float(reward[sel].mean()), 3) if sel.any() else None,
                      "zero_share": round(float((reward[sel] == 0).mean()), 3) if sel.any() else None}
