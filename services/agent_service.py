@@ -22,6 +22,7 @@ import ray
 import torch
 
 from reidloop import atomic
+from reidloop.active.warmstart import warm_start
 from reidloop.config import DralConfig
 from reidloop.strategies import RoundContext, Strategy, Transition, build_strategy
 
@@ -40,7 +41,13 @@ class AgentService:
     def info(self) -> dict:
         s = self.strategy
         return {"name": s.name, "asks_questions": s.asks_questions, "finetune": s.finetune,
-                "incarnation": self.incarnation}
+                "warm_starts": s.warm_starts, "incarnation": self.incarnation}
+
+    def warm_start(self, features: np.ndarray, pids: np.ndarray, dral: DralConfig, passes: int, every: float,
+                   seed: int) -> tuple[str, dict]:
+        """``reidloop.active.warmstart.warm_start`` on the hosted strategy; its stats as a dict."""
+        stats = warm_start(self.strategy, np.array(features), np.asarray(pids), dral, passes, every, seed=seed)
+        return self.incarnation, stats.to_dict()
 
     def begin_round(self, round_: int, features_metric: tuple, pos_pairs: np.ndarray,
                     neg_pairs: np.ndarray) -> str:
@@ -99,6 +106,7 @@ class RemoteStrategy:
         self.name: str = info["name"]
         self.asks_questions: bool = info["asks_questions"]
         self.finetune: str = info["finetune"]
+        self.warm_starts: bool = info["warm_starts"]
         self.incarnation: str = info["incarnation"]
         self.context_ref: Optional[ray.ObjectRef] = None  # this round's (features, metric), put once
         self._context: Optional[RoundContext] = None
@@ -124,6 +132,10 @@ class RemoteStrategy:
 
     def load_state_dict(self, state: dict) -> None:
         self._call(self.handle.load_state_dict, state)
+
+    def warm_start(self, features: np.ndarray, pids: np.ndarray, dral: DralConfig, passes: int, every: float,
+                   seed: int) -> dict:
+        return self._call(self.handle.warm_start, features, pids, dral, passes, every, seed)
 
     # ---- lock-step
     def step(self, steps: list[Step], views: list[EpisodeView], obs_list, masks) -> list[int]:

@@ -32,6 +32,7 @@ from reidloop import atomic
 from reidloop.active.finetune import FinetuneStats, finetune_data
 from reidloop.active.loop import (ActiveLearningLoop, ReplayingOracle, ResumeDiverged, answered_pairs,
                                   nearest_candidates_all)
+from reidloop.active.warmstart import WarmStartStats
 from reidloop.config import LoopJob, RayConfig
 from reidloop.pair_knowledge import PairKnowledge
 from trainers.ray_train import fit_finetune, fit_pretrain
@@ -191,6 +192,12 @@ class RayActiveLearningLoop(ActiveLearningLoop):
             return FinetuneStats(0, 0, 0.0, 0.0, 0.0)
         return fit_finetune(model, pool, self.job, data, seed=self.job.seed + round_,
                             name=f"{self.run_tag}-round{round_}-finetune")
+
+    def warm_start(self, strategy, features: np.ndarray, pids: np.ndarray) -> WarmStartStats:
+        """The warm-up episodes run inside the agent actor, where the agent lives."""
+        job = self.job
+        return WarmStartStats(**strategy.warm_start(features, pids, job.dral, job.dral.warmstart_passes,
+                                                    job.finetune.every, job.seed))
 
     def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric, strategy, oracle,
                   knowledge: Optional[PairKnowledge] = None) -> None:

@@ -254,3 +254,28 @@ def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_se
     assert [r.split(":")[0] for r in loop.recoveries] == ["round 1", "round 2"], loop.recoveries
     assert sorted(log_rows(work / "kill-actors")) == sorted(reference[2])
     assert result.answers == reference[1].answers and result.replayed_answers == 0
+
+
+def test_agent_actor_warm_starts_exactly_like_the_core(ray_session):
+    """dral.warmstart_passes on Ray runs in the agent actor: same transitions, same learnt agent."""
+    import ray
+
+    from reidloop.active.warmstart import warm_start
+    from reidloop.strategies import build_strategy
+    from services.agent_service import AgentService, RemoteStrategy
+    from test_warmstart import CFG, labelled_set
+
+    features, pids = labelled_set()
+    handle = AgentService.remote("dral", CFG, 3)
+    try:
+        remote = RemoteStrategy(handle)
+        assert remote.warm_starts
+        stats = remote.warm_start(features, pids, CFG, 1, 0.5, 1)
+        local = build_strategy("dral", CFG, seed=3)
+        expected = warm_start(local, features, pids, CFG, passes=1, every=0.5, seed=1).to_dict()
+        assert {k: v for k, v in stats.items() if k != "seconds"} == \
+            {k: v for k, v in expected.items() if k != "seconds"}
+        online = remote.state_dict()["agent"]["online"]
+        assert all(torch.equal(online[k], v) for k, v in local.agent.online.state_dict().items())
+    finally:
+        ray.kill(handle, no_restart=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from ..answer_log import AnswerLog
 from ..config import LoopJob, save_config, to_dict
 from ..data.records import ImageRecord, ReidSplits
 from ..data.registry import build_splits, split_identities
-from ..dral.env import QueryEpisodeEnv, reset_episode
+from ..dral.env import QueryEpisodeEnv
 from ..dral.metric import Metric, fit_metric
 from ..engine.evaluate import evaluate_features, format_metrics
 from ..engine.features import extract_features
@@ -47,41 +46,15 @@ from ..engine.precision import resolve_device, resolve_precision
 from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..oracle import BudgetExhausted, SimulatedOracle
-from ..pair_knowledge import PairKnowledge, implied_answers
-from ..strategies import RoundContext, Strategy, Transition, build_strategy
+from ..pair_knowledge import PairKnowledge
+from ..strategies import RoundContext, Strategy, build_strategy
+from .episodes import AnswerFn, InferFn, nearest_candidates_all, round_slices, run_episode  # noqa: F401 (re-exported)
 from .finetune import finetune
+from .warmstart import WarmStartStats, warm_start
 
 log = logging.getLogger(__name__)
 
-AnswerFn = Callable[[int, int, int, int], int]  # (query, candidate, round, step) -> ±1
-InferFn = Callable[[int, int], "int | None"]  # (query, candidate) -> ±1 when the answers so far imply it
-
-
 # --------------------------------------------------------------------------- pieces
-def round_slices(n_queries: int, every: float) -> list[slice]:
-    """Split the query order into rounds of ``every`` × n_queries (the last one takes the rest)."""
-    rounds = max(1, math.ceil(round(1.0 / every, 9)))
-    bounds = [round(i * n_queries / rounds) for i in range(rounds + 1)]
-    return [slice(bounds[i], bounds[i + 1]) for i in range(rounds)]
-
-
-def nearest_candidates_all(features: np.ndarray, metric: Metric, queries: np.ndarray, ns: int,
-                           chunk: int = 512) -> np.ndarray:
-    """(len(queries), ns) pool indices of each query's ns nearest other pool images, nearest first."""
-    n = len(features)
-    if ns >= n:
-        raise ValueError(f"dral.ns={ns} candidates need a pool of more than {ns} images, got {n}")
-    out = np.empty((len(queries), ns), dtype=np.int64)
-    for s in range(0, len(queries), chunk):
-        q = queries[s:s + chunk]
-        D = metric.pairwise(features[q], features)
-        D[np.arange(len(q)), q] = np.inf
-        part = np.argpartition(D, ns, axis=1)[:, :ns]
-        order = np.argsort(np.take_along_axis(D, part, 1), axis=1, kind="stable")
-        out[s:s + chunk] = np.take_along_axis(part, order, 1)
-    return out
-
-
 def answered_pairs(log_table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(queries, candidates, answers) arrays of an answer-log table."""
     return tuple(log_table.column(c).to_numpy().astype(np.int64) for c in ("query", "candidate", "answer"))
@@ -91,31 +64,6 @@ def split_pairs(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarray
     pairs = np.stack([queries, candidates], 1) if len(queries) else np.empty((0, 2), dtype=np.int64)
     return pairs[answers > 0], pairs[answers < 0]
 
-
-def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates: np.ndarray,
-                features: np.ndarray, metric: Metric, known: dict[int, int], answer_fn: AnswerFn,
-                round_: int, infer: InferFn | None = None) -> int:
-    """One query: ask up to Kmax candidates; returns the number of questions asked.
-
-    With ``infer(query, candidate) -> ±1 | None`` (what the answers so far imply), the candidates an
-    answer settles are revealed to the state for free before the next choice, and never asked.
-    """
-    obs, mask = reset_episode(env, query, candidates, features, metric, known)
-    while mask.any() and env.questions_asked < env.kmax:
-        a = strategy.select(env, obs, mask)
-        c = int(candidates[a])
-        y = answer_fn(int(query), c, round_, env.questions_asked)
-        next_obs, reward, done, _, info = env.step_with_answer(a, y)
-        if infer is not None and not done:
-            implied = implied_answers(infer, int(query), candidates, info["action_mask"])
-            if implied:
-                next_obs, info = env.reveal(implied)
-                done = not info["action_mask"].any()
-        strategy.observe(Transition(obs, a, float(reward), next_obs, info["action_mask"], done, y, int(query), c))
-        obs, mask = next_obs, info["action_mask"]
-        if done:
-            break
-    return env.questions_asked
 
 
 # ------------------------------------------------------------------- resuming
@@ -198,13 +146,14 @@ class ActiveLearningLoop:
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(job, self.out / "config.yaml")
         splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
+        self.labelled: list[ImageRecord] = []  # the pre-training identities (none when from a checkpoint)
         if job.checkpoint:
             model, _ = load_checkpoint(job.checkpoint)
             pool = list(splits.train)
         else:
             # the split is a property of the data (data.seed); job.seed varies the active-learning randomness
-            labelled, pool = split_identities(splits.train, job.pretrain_fraction, seed=job.data.seed)
-            model = self._pretrained(labelled)
+            self.labelled, pool = split_identities(splits.train, job.pretrain_fraction, seed=job.data.seed)
+            model = self._pretrained(self.labelled)
         if job.dral.ns >= len(pool):
             raise ValueError(f"dral.ns={job.dral.ns} must be smaller than the unlabelled pool "
                              f"({len(pool)} images of {splits.name})")
@@ -259,6 +208,12 @@ class ActiveLearningLoop:
                         seed=self.job.seed + round_, queries=q_all, candidates=c_all, answers=y_all,
                         pool_labels=pids)
 
+    def warm_start(self, strategy: Strategy, features: np.ndarray, pids: np.ndarray) -> WarmStartStats:
+        """Warm the agent up on the labelled images (``dral.warmstart_passes``; the Ray loop runs it in the actor)."""
+        job = self.job
+        return warm_start(strategy, features, pids, job.dral, job.dral.warmstart_passes, job.finetune.every,
+                          seed=job.seed)
+
     def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric: Metric,
                   strategy: Strategy, oracle, knowledge: PairKnowledge | None = None) -> None:
         """Run the episodes of one round's queries (the Ray service overrides this with env workers).
@@ -298,6 +253,8 @@ class ActiveLearningLoop:
         start = time.perf_counter()
 
         done_round = self._load_state(model, strategy, result)
+        if done_round == 0:
+            self._warm_start_once(model, strategy)
         if done_round == 0 and not result.rounds:
             metrics = self.evaluate(model, splits)
             result.rounds.append(self._row(0, oracle.used, metrics, start, 0.0))
@@ -348,6 +305,27 @@ class ActiveLearningLoop:
         result.answers = oracle.used
         self._write_summary(result, splits, len(pool), len(order), budget)
         return result
+
+    def _warm_start_once(self, model, strategy: Strategy) -> None:
+        """``dral.warmstart_passes`` on the pre-trained CNN; its result is kept, so a resumed run reloads it."""
+        passes = self.job.dral.warmstart_passes
+        if not passes:
+            return
+        if not strategy.warm_starts:
+            log.info("dral.warmstart_passes=%d ignored: strategy %r learns no policy to warm up", passes, strategy.name)
+            return
+        path = self.out / "strategy_warm.pt"
+        if path.exists():
+            strategy.load_state_dict(torch.load(path, weights_only=True))
+            log.info("warm-started agent reloaded from %s", path)
+            return
+        features = self.embed(model, self.labelled, "labelled")
+        stats = self.warm_start(strategy, features, np.array([r.pid for r in self.labelled]))
+        atomic.torch_save(strategy.state_dict(), path)
+        atomic.write_json(self.out / "warmstart.json", stats.to_dict())
+        log.info("agent warm-started on %d labelled images x %d passes: %d questions (%d same), mean reward "
+                 "%.3f, %.0f s", len(self.labelled), passes, stats.questions, stats.same, stats.mean_reward,
+                 stats.seconds)
 
     # ---- checkpoints and outputs
     def _save_state(self, r: int, model, strategy: Strategy, result: LoopResult, answers: int) -> None:

@@ -157,6 +157,10 @@ class DralConfig:
     batch_size: int = 64
     target_sync: int = 200  # learner steps between target-network copies (Eq. 10)
     learn_every: int = 1  # env steps per learner update
+    # Not in the paper (opt-in): before the first round the agent browses the labelled pre-training images
+    # this many times as queries, answered from their labels (free), so it starts the pool trained
+    # (reidloop/active/warmstart.py). 0 = the paper: the agent starts untrained.
+    warmstart_passes: int = 0
 
     def __post_init__(self) -> None:
         _check(self.ns >= 2, "ns", self.ns, "must be >= 2")
@@ -171,6 +175,7 @@ class DralConfig:
                (self.epsilon_start, self.epsilon_end), "need 0 <= end <= start <= 1")
         _check(self.batch_size >= 1 and self.replay_size >= self.batch_size, "replay_size",
                self.replay_size, "must be >= batch_size")
+        _check(self.warmstart_passes >= 0, "warmstart_passes", self.warmstart_passes, "must be >= 0")
 
 
 @dataclass
@@ -269,3 +274,6 @@ class LoopJob:
         _check(0 < self.pretrain_fraction < 1 or self.checkpoint is not None, "pretrain_fraction",
                self.pretrain_fraction, "must be in (0, 1) when no checkpoint is given")
         _check(self.max_queries is None or self.max_queries >= 1, "max_queries", self.max_queries, "must be >= 1")
+        _check(self.checkpoint is None or self.dral.warmstart_passes == 0, "dral.warmstart_passes",
+               self.dral.warmstart_passes, "needs the labelled pre-training identities; a run from `checkpoint` "
+               "has none (set it to 0 or pre-train with pretrain_fraction)")

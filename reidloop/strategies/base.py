@@ -51,6 +51,8 @@ class Strategy(ABC):
     name: ClassVar[str]
     asks_questions: ClassVar[bool] = True
     finetune: ClassVar[Literal["pairs", "full", "none"]] = "pairs"
+    # learns a policy that carries over to another pool, so ``dral.warmstart_passes`` applies (DRAL)
+    warm_starts: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)

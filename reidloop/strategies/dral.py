@@ -16,6 +16,7 @@ from .base import Strategy, Transition
 
 class DralStrategy(Strategy):
     name = "dral"
+    warm_starts = True
 
     def __init__(self, cfg: DralConfig, seed: int = 0) -> None:
         super().__init__(seed)

@@ -1,0 +1,69 @@
+"""The pieces of Algorithm 1 that step query episodes, shared by the loop and the agent warm-start.
+
+``round_slices`` cuts the query order into rounds, ``nearest_candidates_all`` gives each query its ns
+nearest pool images under the round's metric, and ``run_episode`` asks one query's questions.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from ..dral.env import QueryEpisodeEnv, reset_episode
+from ..dral.metric import Metric
+from ..pair_knowledge import implied_answers
+from ..strategies import Strategy, Transition
+
+AnswerFn = Callable[[int, int, int, int], int]  # (query, candidate, round, step) -> ±1
+InferFn = Callable[[int, int], "int | None"]  # (query, candidate) -> ±1 when the answers so far imply it
+
+
+def round_slices(n_queries: int, every: float) -> list[slice]:
+    """Split the query order into rounds of ``every`` × n_queries (the last one takes the rest)."""
+    rounds = max(1, math.ceil(round(1.0 / every, 9)))
+    bounds = [round(i * n_queries / rounds) for i in range(rounds + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(rounds)]
+
+
+def nearest_candidates_all(features: np.ndarray, metric: Metric, queries: np.ndarray, ns: int,
+                           chunk: int = 512) -> np.ndarray:
+    """(len(queries), ns) pool indices of each query's ns nearest other pool images, nearest first."""
+    n = len(features)
+    if ns >= n:
+        raise ValueError(f"dral.ns={ns} candidates need a pool of more than {ns} images, got {n}")
+    out = np.empty((len(queries), ns), dtype=np.int64)
+    for s in range(0, len(queries), chunk):
+        q = queries[s:s + chunk]
+        D = metric.pairwise(features[q], features)
+        D[np.arange(len(q)), q] = np.inf
+        part = np.argpartition(D, ns, axis=1)[:, :ns]
+        order = np.argsort(np.take_along_axis(D, part, 1), axis=1, kind="stable")
+        out[s:s + chunk] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates: np.ndarray,
+                features: np.ndarray, metric: Metric, known: dict[int, int], answer_fn: AnswerFn,
+                round_: int, infer: InferFn | None = None) -> int:
+    """One query: ask up to Kmax candidates; returns the number of questions asked.
+
+    With ``infer(query, candidate) -> ±1 | None`` (what the answers so far imply), the candidates an
+    answer settles are revealed to the state for free before the next choice, and never asked.
+    """
+    obs, mask = reset_episode(env, query, candidates, features, metric, known)
+    while mask.any() and env.questions_asked < env.kmax:
+        a = strategy.select(env, obs, mask)
+        c = int(candidates[a])
+        y = answer_fn(int(query), c, round_, env.questions_asked)
+        next_obs, reward, done, _, info = env.step_with_answer(a, y)
+        if infer is not None and not done:
+            implied = implied_answers(infer, int(query), candidates, info["action_mask"])
+            if implied:
+                next_obs, info = env.reveal(implied)
+                done = not info["action_mask"].any()
+        strategy.observe(Transition(obs, a, float(reward), next_obs, info["action_mask"], done, y, int(query), c))
+        obs, mask = next_obs, info["action_mask"]
+        if done:
+            break
+    return env.questions_asked
