@@ -4,9 +4,10 @@
 
 For every run folder below the given one (a folder with `answers/`), prints the answers asked, the
 "same person" answers among them, the share of "same" answers in each round, and, when the run left a
-DRAL agent (`strategy.pt`), the mean Eq. 9 reward its replay buffer holds for "same" and "different"
-answers (and the share of zero rewards) and, per band of candidate positions (0 = nearest), the mean
-reward and the share of "same" answers. Writes benchmarks/results/answer_stats_<name>.json.
+DRAL agent (`strategy.pt`), the mean Eq. 9 reward of the run's "same" and "different" answers (and the
+share of zero rewards) and, per band of candidate positions (0 = nearest), the number of questions, the
+mean reward and the share of "same" answers, read from the agent's replay buffer (without the warm-up
+transitions of `dral.warmstart_passes`). Writes benchmarks/results/answer_stats_<name>.json.
 """
 from __future__ import annotations
 
@@ -32,17 +33,21 @@ def positive_rates(answers_dir: Path) -> dict:
     return {"answers": t.num_rows, "positives": int(same.sum()), "positive_rate_per_round": per_round}
 
 
-def reward_by_answer(strategy_pt: Path) -> dict | None:
+def reward_by_answer(strategy_pt: Path, answers: int) -> dict | None:
+    """Over the run's own ``answers`` transitions: the newest ones in the replay ring (a warm-started
+    agent's buffer also holds its warm-up on the labelled images, which came first)."""
     state = torch.load(strategy_pt, map_location="cpu", weights_only=True)
     if "agent" not in state:
         return None
     replay = state["agent"]["replay"]
-    n = int(replay["size"])
+    size, pos, cap = int(replay["size"]), int(replay["pos"]), int(replay["capacity"])
+    n = min(answers, size)
+    idx = (pos - n + np.arange(n)) % cap if size == cap else np.arange(size - n, size)
     ns = replay["next_mask"].shape[1]
-    action = replay["action"].numpy()[:n]
-    reward = replay["reward"].numpy()[:n]
+    action = replay["action"].numpy()[idx]
+    reward = replay["reward"].numpy()[idx]
     # the observation ends with the ns answers (+1/-1/0); the next one holds the answer just given
-    y = replay["next_obs"].numpy()[:n, -ns:][np.arange(n), action]
+    y = replay["next_obs"].numpy()[idx, -ns:][np.arange(n), action]
     bands = {}
     for lo, hi in BANDS:
         sel = (action >= lo) & (action < hi)
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         row = {"run": str(run.relative_to(root)), **positive_rates(answers)}
         if (run / "strategy.pt").is_file():
-            row["reward_by_answer"] = reward_by_answer(run / "strategy.pt")
+            row["reward_by_answer"] = reward_by_answer(run / "strategy.pt", row["answers"])
         rows.append(row)
         rates = " ".join(f"{v:.3f}" for v in row["positive_rate_per_round"].values())
         line = f"{row['run']:<32} answers {row['answers']:5d}  same {row['positives']:4d}  same-rate/round {rates}"
@@ -82,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             line += "  different {mean_reward} (zero {zero_share})".format(**rba["different"])
         print(line)
         if rba and rba["by_position"]:
-            print("    by position: " + "  ".join(f"{k}: reward {v['mean_reward']:.3f} same {v['same_share']:.2f}"
-                                                 for k, v in rba["by_position"].items()))
+            bands = (f"{k}: n {v['n']} reward {v['mean_reward']:.3f} same {v['same_share']:.2f}"
+                     for k, v in rba["by_position"].items())
+            print("    by position: " + "  ".join(bands))
     if not rows:
         print(f"no answer logs under {root}", file=sys.stderr)
         return 1
