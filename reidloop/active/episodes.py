@@ -43,6 +43,17 @@ def nearest_candidates_all(features: np.ndarray, metric: Metric, queries: np.nda
     return out
 
 
+def split_pairs(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarray):
+    """(positive pairs, negative pairs), each (P, 2), of parallel query / candidate / ±1 answer arrays."""
+    pairs = np.stack([queries, candidates], 1) if len(queries) else np.empty((0, 2), dtype=np.int64)
+    return pairs[answers > 0], pairs[answers < 0]
+
+
+def known_answers(infer: InferFn, query: int, candidates: np.ndarray) -> dict[int, int]:
+    """{candidate position: ±1} for the candidates whose answer is already known (an episode's ``known``)."""
+    return {a: y for a, c in enumerate(candidates.tolist()) if (y := infer(query, c)) is not None}
+
+
 def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates: np.ndarray,
                 features: np.ndarray, metric: Metric, known: dict[int, int], answer_fn: AnswerFn,
                 round_: int, infer: InferFn | None = None) -> int:

@@ -48,7 +48,8 @@ from ..models import build_model, load_checkpoint, save_checkpoint
 from ..oracle import BudgetExhausted, SimulatedOracle
 from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, build_strategy
-from .episodes import AnswerFn, InferFn, nearest_candidates_all, round_slices, run_episode  # noqa: F401 (re-exported)
+from .episodes import (AnswerFn, InferFn, known_answers, nearest_candidates_all, round_slices,  # noqa: F401
+                       run_episode, split_pairs)  # (re-exported)
 from .finetune import finetune
 from .warmstart import WarmStartStats, warm_start
 
@@ -60,9 +61,6 @@ def answered_pairs(log_table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndar
     return tuple(log_table.column(c).to_numpy().astype(np.int64) for c in ("query", "candidate", "answer"))
 
 
-def split_pairs(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarray):
-    pairs = np.stack([queries, candidates], 1) if len(queries) else np.empty((0, 2), dtype=np.int64)
-    return pairs[answers > 0], pairs[answers < 0]
 
 
 
@@ -235,7 +233,7 @@ class ActiveLearningLoop:
             it = tqdm(it, desc=f"round {round_} queries", leave=False, disable=None)
         for i in it:
             q = int(queries[i])
-            known = {a: y for a, c in enumerate(cands[i]) if (y := known_fn(q, int(c))) is not None}
+            known = known_answers(known_fn, q, cands[i])
             run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_,
                         infer=None if knowledge is None else knowledge.infer)
 

@@ -22,7 +22,7 @@ from ..dral.env import QueryEpisodeEnv
 from ..dral.metric import fit_metric
 from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, Transition
-from .episodes import nearest_candidates_all, round_slices, run_episode
+from .episodes import known_answers, nearest_candidates_all, round_slices, run_episode, split_pairs
 
 
 @dataclass
@@ -91,15 +91,14 @@ def warm_start(strategy: Strategy, features: np.ndarray, pids: np.ndarray, cfg: 
             return y
 
         for r, sl in enumerate(round_slices(n, every), start=1):
-            arr = np.array(asked, dtype=np.int64).reshape(-1, 3)
-            pos, neg = arr[arr[:, 2] > 0, :2], arr[arr[:, 2] < 0, :2]
+            pos, neg = split_pairs(*np.array(asked, dtype=np.int64).reshape(-1, 3).T)
             metric = fit_metric(cfg.metric, features, pos, neg)
             strategy.begin_round(RoundContext(r, features, metric, pos, neg))
             queries = order[sl]
             cands = nearest_candidates_all(features, metric, queries, cfg.ns)
             for q, cs in zip(queries.tolist(), cands):
-                known = {a: y for a, c in enumerate(cs.tolist()) if (y := knowledge.infer(q, c)) is not None}
-                run_episode(env, tally, q, cs, features, metric, known, answer, r, infer=knowledge.infer)
+                run_episode(env, tally, q, cs, features, metric, known_answers(knowledge.infer, q, cs), answer, r,
+                            infer=knowledge.infer)
     return WarmStartStats(passes=passes, episodes=passes * n, questions=tally.questions, same=int(tally.same),
                           mean_reward=tally.reward / max(tally.questions, 1),
                           seconds=round(time.perf_counter() - start, 2))
