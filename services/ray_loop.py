@@ -33,7 +33,7 @@ from reidloop.active.finetune import FinetuneStats, finetune_data
 from reidloop.active.loop import (ActiveLearningLoop, ReplayingOracle, ResumeDiverged, answered_pairs,
                                   nearest_candidates_all)
 from reidloop.active.warmstart import WarmStartStats
-from reidloop.config import LoopJob, RayConfig
+from reidloop.config import ConfigError, LoopJob, RayConfig
 from reidloop.pair_knowledge import PairKnowledge
 from trainers.ray_train import fit_finetune, fit_pretrain
 
@@ -121,6 +121,9 @@ class RayActiveLearningLoop(ActiveLearningLoop):
     """``ActiveLearningLoop`` on Ray: actors for agent, labelling and episodes; Ray Train; sharded embedding."""
 
     def __init__(self, job: LoopJob, progress: bool = True, on_round=None) -> None:
+        if job.rounds != "queries":
+            raise ConfigError(f"rounds: {job.rounds!r} runs in one process for now (run_job --local); "
+                              "the Ray loop cuts rounds by queries")
         super().__init__(job, progress, on_round)
         self.agent: RemoteStrategy | None = None
         self.service: ServiceOracle | None = None
@@ -184,10 +187,11 @@ class RayActiveLearningLoop(ActiveLearningLoop):
                              shards=cfg.train_workers, num_cpus=cfg.cpus_per_train_worker,
                              num_gpus=1 if cfg.use_gpu else 0)
 
-    def finetune(self, model, pool, mode: str, round_: int, log_table: pa.Table, pids: np.ndarray):
-        q, c, y = answered_pairs(log_table)
+    def finetune(self, model, pool, mode: str, round_: int, pairs: tuple, pids: np.ndarray,
+                 truth: Optional[np.ndarray] = None):
+        q, c, y = pairs
         data = finetune_data(len(pool), self.job.finetune, mode, queries=q, candidates=c, answers=y,
-                             pool_labels=pids)
+                             pool_labels=pids, truth=truth)
         if data is None or self.job.finetune.epochs == 0:
             return FinetuneStats(0, 0, 0.0, 0.0, 0.0)
         return fit_finetune(model, pool, self.job, data, seed=self.job.seed + round_,

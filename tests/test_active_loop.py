@@ -123,19 +123,19 @@ class CrashingLoop(ActiveLearningLoop):
 
     def __init__(self, job, after):
         super().__init__(job, progress=False)
-        self.after = after
+        self.left = after  # over the whole run, not per round
 
     def ask_round(self, round_, queries, features, metric, strategy, oracle, knowledge=None):
-        ask, budget = oracle.ask, [self.after]
+        ask = oracle.__dict__.setdefault("real_ask", oracle.ask)  # wrapped once, whatever the round
 
         def dying_ask(*a, **kw):
-            if budget[0] == 0:
+            if self.left == 0:
                 raise Crash()
-            budget[0] -= 1
+            self.left -= 1
             return ask(*a, **kw)
 
         oracle.ask = dying_ask
-        super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
+        return super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +196,58 @@ def test_no_question_is_implied_by_earlier_answers(tmp_path, tiny_checkpoint, st
                                       infer_answers=False, **over), progress=False).run()
     assert implied_when_asked(tmp_path / "off") > 0  # without inference the same loop asks what it knew
     assert on.answers <= off.answers  # Kmax per query still bounds the cost (paper §4.4)
+
+
+# ------------------------------------------------------------------ rounds cut by answers
+BY_ANSWERS = {"rounds": "answers", "oracle.budget": 10, "oracle.flush_every": 3}
+
+
+def round_of_each_answer(out) -> list[int]:
+    return AnswerLog(out / "answers").read().column("round").to_pylist()
+
+
+def test_rounds_by_answers_fine_tune_after_the_same_answers_for_every_strategy(tmp_path, tiny_checkpoint):
+    """Two strategies that spend answers differently per query fine-tune after the same answer counts."""
+    curves, browsed = {}, {}
+    for strategy in ("nearest", "random"):
+        out = tmp_path / strategy
+        result = ActiveLearningLoop(tiny_job(out, tiny_checkpoint, tmp_path / "cache", strategy=strategy,
+                                             **BY_ANSWERS), progress=False).run()
+        curves[strategy] = [r["answers"] for r in result.rounds]
+        assert round_of_each_answer(out) == [1] * 5 + [2] * 5  # the fine-tune came after answer 5, then 10
+        browsed[strategy] = json.loads((out / "state.json").read_text())["next_query"]
+    assert curves["nearest"] == curves["random"] == [0, 5, 10]
+    assert all(0 < b <= 12 for b in browsed.values())
+
+
+def test_rounds_by_answers_stop_when_every_query_is_browsed(tmp_path, tiny_checkpoint):
+    """A budget no strategy can spend (more than n * Kmax): the run ends after the query order, and says so."""
+    out = tmp_path / "big"
+    job = tiny_job(out, tiny_checkpoint, tmp_path / "cache", strategy="random", max_queries=4,
+                   **{**BY_ANSWERS, "oracle.budget": 1000})
+    result = ActiveLearningLoop(job, progress=False).run()
+    assert result.answers <= 4 * 3 and len(result.rounds) == 2  # round 0 and the one round that asked
+    assert json.loads((out / "summary.json").read_text())["budget"] == 1000
+
+
+@pytest.mark.parametrize("crash_after", [3, 7])  # inside round 1; inside round 2
+def test_rounds_by_answers_resume_asks_the_same_questions_in_order(tmp_path, tiny_checkpoint, crash_after):
+    cache = tmp_path / "cache"
+    full = ActiveLearningLoop(tiny_job(tmp_path / "full", tiny_checkpoint, cache, **BY_ANSWERS), progress=False).run()
+    job = tiny_job(tmp_path / "crash", tiny_checkpoint, cache, **BY_ANSWERS)
+    with pytest.raises(Crash):
+        CrashingLoop(job, after=crash_after).run()
+    resumed = ActiveLearningLoop(job, progress=False).run()
+    assert answered(tmp_path / "full") == answered(tmp_path / "crash")  # same pairs, same order
+    assert round_of_each_answer(tmp_path / "full") == round_of_each_answer(tmp_path / "crash")
+    assert [r["answers"] for r in resumed.rounds] == [r["answers"] for r in full.rounds] == [0, 5, 10]
+
+
+def test_learners_upperbound_trains_on_truth_without_asking(tmp_path, tiny_checkpoint):
+    job = tiny_job(tmp_path / "ub", tiny_checkpoint, tmp_path / "cache", strategy="upperbound",
+                   **{**BY_ANSWERS, "finetune.upperbound": "learners"})
+    result = ActiveLearningLoop(job, progress=False).run()
+    assert result.answers == 0 and [r["answers"] for r in result.rounds] == [0, 0, 0]
+    assert result.rounds[-1]["mAP"] != result.rounds[0]["mAP"]
+    # it browses as a learner spending Kmax answers per query: ceil(5 / 3) queries a round
+    assert json.loads((tmp_path / "ub" / "state.json").read_text())["next_query"] == 4

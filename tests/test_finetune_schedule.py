@@ -56,3 +56,40 @@ def test_a_frozen_body_is_not_updated(pool, freeze_steps, moves):
     after = _body(model)
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     assert bool(changed) == moves
+
+
+# ------------------------------------------------------------------ the learners' UpperBound
+def test_upperbound_pairs_are_the_nearest_kmax_and_every_same_person_image():
+    from reidloop.active.finetune import upperbound_pairs
+
+    features = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0]], dtype=np.float32)
+    labels = np.array([0, 1, 0, 2, 2, 0])
+    q, c, y = upperbound_pairs(features, labels, np.array([0, 3]), kmax=2)
+    pairs = sorted(zip(q.tolist(), c.tolist(), y.tolist()))
+    # query 0: nearest 1 and 2, and its person's other images 2 and 5; query 3: nearest 2 and 1, and 4 (its person)
+    assert pairs == [(0, 1, -1), (0, 2, 1), (0, 5, 1), (3, 1, -1), (3, 2, -1), (3, 4, 1)]
+
+
+def test_upperbound_batches_have_the_learners_shape():
+    """Same queries per batch and batches per epoch as the learners; every pair of a batch labelled."""
+    from reidloop.active.finetune import epoch_batches, finetune_data, upperbound_pairs
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 4)
+    features = rng.normal(size=(40, 8)).astype(np.float32) + labels[:, None]
+    queries = np.arange(0, 40, 3)  # 14 queries browsed
+    cfg = FinetuneConfig(queries_per_batch=4)
+    pairs = dict(zip(("queries", "candidates", "answers"), upperbound_pairs(features, labels, queries, kmax=3)))
+    batches = epoch_batches(finetune_data(40, cfg, "pairs", **pairs, truth=labels), cfg, seed=0, epoch=0)
+    # a learner that answered the same questions about the same 14 queries: ceil(14 / 4) batches of 4 queries
+    learner = epoch_batches(finetune_data(40, cfg, "pairs", **pairs), cfg, seed=0, epoch=0)
+    assert len(batches) == len(learner) == 4
+    assert [len(np.intersect1d(b[0], queries)) for b in batches] == [len(np.intersect1d(b[0], queries))
+                                                                     for b in learner]
+    seen = []
+    for items, pos, neg in batches:
+        assert len(pos) + len(neg) == len(items) * (len(items) - 1) // 2  # every pair labelled
+        lab = labels[items]
+        assert all(lab[i] == lab[j] for i, j in pos) and all(lab[i] != lab[j] for i, j in neg)
+        seen.extend(np.intersect1d(items, queries).tolist())
+    assert set(seen) == set(queries.tolist())

@@ -193,6 +193,21 @@ def test_cuhk01_splits(tmp_path):
     assert len({tuple(read_cuhk01(root, seed=k).train_pids) for k in range(6)}) > 1
 
 
+def test_cuhk01_reads_jpeg(tmp_path):
+    """The shared copy of CUHK01 is JPEG: ``PPPPNNN.jpg`` reads exactly as the original PNG names do."""
+    folder = tmp_path / "jpg" / "campus"
+    _files(folder, [f"{p:04d}{n:03d}.jpg" for p in range(1, 8) for n in (1, 2, 3, 4)])
+    s = read_cuhk01(tmp_path / "jpg", seed=0)
+    png = read_cuhk01(_cuhk01(tmp_path / "png"), seed=0)
+    assert len(s.train) == 12 and len(s.query) == 8 and len(s.gallery) == 8
+    assert all(r.path.endswith(".jpg") for r in s.train + s.query + s.gallery)
+    key = lambda split: [(r.pid, r.camid, Path(r.path).stem) for r in split]  # noqa: E731
+    assert (key(s.train), key(s.query), key(s.gallery)) == (key(png.train), key(png.query), key(png.gallery))
+    from reidloop.data.images import load_image
+
+    assert load_image(s.query[0].path).size == (8, 16)
+
+
 def test_cuhk01_errors(tmp_path):
     with pytest.raises(DatasetError, match="campus.*does not exist"):
         read_cuhk01(tmp_path)

@@ -58,18 +58,37 @@ def test_nearest_asks_the_nearest_askable_candidate():
     assert s.select(env, obs, info["action_mask"]) == 2
 
 
-def test_qiu_asks_the_candidate_nearest_the_decision_boundary():
+# 1-D: query 0 at x=0; a "same" pair at distance 1 (item 1) and a "different" one at 4 (item 2)
+QIU_F = np.array([[0.0], [1.0], [4.0], [2.3], [3.2], [0.5], [6.0]])
+
+
+def test_qiu_asks_the_candidate_nearest_its_fitted_boundary():
     s = build_strategy("qiu", DralConfig(), seed=0)
-    # answered so far: a "same" pair at distance 1, a "different" pair at distance 4 → boundary 2.5
-    s.begin_round(ctx(LINE, pos=[(0, 1)], neg=[(0, 4)]))
-    assert s.boundary == pytest.approx(2.5)
-    env, obs, info = episode(LINE, 0, [1, 2, 3, 4])
-    # normalised candidate distances are not used for the boundary: raw distances 1,2,3,4 → |d-2.5| ties 2 and 3
-    assert s.select(env, obs, info["action_mask"]) == 1  # candidate x=2 (position 1), the lower tie
+    s.begin_round(ctx(QIU_F, pos=[(0, 1)], neg=[(0, 2)]))
+    assert s.boundary == pytest.approx(2.5, abs=1e-6)  # the fit on {1: same, 4: different} is symmetric
+    env, obs, info = episode(QIU_F, 0, [5, 3, 4, 6])  # distances 0.5, 2.3, 3.2, 6
+    assert s.select(env, obs, info["action_mask"]) == 1  # 2.3: P(same) nearest 0.5, not the nearest (0.5)
     mask = info["action_mask"].copy(); mask[1] = False
-    assert s.select(env, obs, mask) == 2  # then x=3
-    s.begin_round(ctx(LINE))  # no answers: boundary = median candidate distance (2.5)
-    assert s.boundary is None and s.select(env, obs, info["action_mask"]) == 1
+    assert s.select(env, obs, mask) == 2  # then 3.2
+
+
+def test_qiu_is_nearest_first_until_both_answer_kinds_then_refits_on_each_answer():
+    s = build_strategy("qiu", DralConfig(), seed=0)
+    s.begin_round(ctx(QIU_F))  # no answers yet
+    env, obs, info = episode(QIU_F, 0, [5, 1, 3, 4])  # distances 0.5, 1, 2.3, 3.2
+    mask = info["action_mask"].copy()
+
+    def ask(a, y):
+        obs2, r, done, _, info2 = env.step_with_answer(a, y)
+        s.observe(Transition(obs, a, r, obs2, info2["action_mask"], done, y, 0, int(env.candidates[a])))
+        mask[a] = False
+
+    assert s.boundary is None and s.select(env, obs, mask) == 0
+    ask(0, 1)  # "same" at 0.5: still only one kind
+    assert s.boundary is None and s.select(env, obs, mask) == 1  # nearest open
+    ask(3, -1)  # "different" at 3.2: boundary between them (1.85 by symmetry)
+    assert s.boundary == pytest.approx(1.85, abs=1e-6)
+    assert s.select(env, obs, mask) == 2  # |2.3 - 1.85| < |1 - 1.85|: not the nearest open one
 
 
 def test_qbc_asks_where_the_committee_disagrees():
@@ -102,6 +121,105 @@ def test_gd_prefers_dense_regions_and_then_spreads_out():
     asked = int(env.candidates[first])
     nbrs = s.nbr_idx[asked]
     assert (s.density[nbrs] < before[nbrs]).all()  # its neighbours became less attractive
+    assert s.density[asked] == 0  # and so did the asked image itself
+
+
+def test_gd_does_not_ask_the_same_hub_twice_in_a_row():
+    s = build_strategy("gd", DralConfig(), seed=0)
+    s.k = 2
+    f = np.array([[0, 0], [0, 0.4],  # two queries
+                  [5, 5], [5, 5.3], [5.3, 5], [4.7, 5], [5, 4.7],  # a hub (2) in its ring (3-6)
+                  [9, 9], [9, 9.35], [9.35, 9], [8.65, 9]])  # a slightly looser cluster (7-10)
+    s.begin_round(ctx(f))
+    assert s.density.argmax() == 2
+    env, obs, info = episode(f, 0, [2, 3, 7, 8])
+    a = s.select(env, obs, info["action_mask"])
+    assert env.candidates[a] == 2
+    s.observe(Transition(obs, a, 0.0, obs, info["action_mask"], False, -1, 0, 2))
+    env, obs, info = episode(f, 1, [2, 4, 9, 10])  # the next query's list holds the hub too
+    assert env.candidates[s.select(env, obs, info["action_mask"])] != 2
+
+
+def test_farthest_asks_the_farthest_open_candidate():
+    s = build_strategy("farthest", DralConfig(), seed=0)
+    env, obs, info = episode(LINE, 0, [3, 1, 4, 2])
+    mask = info["action_mask"].copy()
+    picks = []
+    while mask.any():
+        a = s.select(env, obs, mask)
+        picks.append(int(env.candidates[a]))
+        mask[a] = False
+    assert picks == [4, 3, 2, 1]
+
+
+def test_qbc_member_vote_changes_after_a_contradicting_answer():
+    from reidloop.strategies.qbc import QBCStrategy
+
+    s = QBCStrategy(seed=0, bootstrap=False)  # every member trains on every answer
+    f = np.array([[0, 0], [1, 1], [4, 4], [2, 2], [3, 3], [5, 5], [6, 6]], dtype=float)
+    s.begin_round(ctx(f, pos=[(0, 1)], neg=[(0, 2)]))  # each member: boundary at 2.5 on its dimension
+    assert s.trained.all()
+    env, obs, info = episode(f, 0, [3, 4, 5, 6])
+    assert s.votes(env)[:, 0].all()  # the pair (0, 3), at 2: "same" for every member
+    s.observe(Transition(obs, 0, 0.0, obs, info["action_mask"], False, -1, 0, 3))  # annotator: different
+    assert not s.votes(env)[:, 0].any()
+
+
+def test_qbc_members_without_both_answer_kinds_keep_the_nearest_rule():
+    from reidloop.strategies.qbc import QBCStrategy
+
+    s = QBCStrategy(seed=0)
+    s.begin_round(ctx(LINE, pos=[(0, 1)]))
+    assert not s.trained.any() and s.top == 1
+    env, obs, info = episode(LINE, 0, [1, 2, 3, 4])
+    assert s.votes(env)[:, 0].all() and not s.votes(env)[:, 1:].any()
+
+
+# four identities of three images each in 6-D, for replaying whole episodes
+RT_F = np.repeat(np.eye(4, 6) * 3, 3, axis=0) + np.random.default_rng(0).normal(size=(12, 6))
+RT_IDS = np.repeat(np.arange(4), 3)
+
+
+def play(s, query: int) -> list[int]:
+    """One episode on RT_F with truthful answers; the candidates asked, in order."""
+    from reidloop.dral.env import nearest_candidates
+
+    D = EuclideanMetric().pairwise(RT_F, RT_F)
+    env, obs, info = episode(RT_F, query, nearest_candidates(D, query, NS).tolist())
+    mask, asked = info["action_mask"], []
+    while mask.any():
+        a = s.select(env, obs, mask)
+        c = int(env.candidates[a])
+        y = 1 if RT_IDS[c] == RT_IDS[query] else -1
+        nxt, r, done, _, info = env.step_with_answer(a, y)
+        s.observe(Transition(obs, a, r, nxt, info["action_mask"], done, y, query, c))
+        obs, mask = nxt, info["action_mask"]
+        asked.append(c)
+    return asked
+
+
+@pytest.mark.parametrize("name", ["qiu", "qbc", "gd"])
+def test_a_restored_strategy_makes_the_same_choices(name):
+    import io
+
+    import torch
+
+    s = build_strategy(name, DralConfig(), seed=0)
+    s.begin_round(ctx(RT_F, pos=[(0, 1)], neg=[(0, 3)]))
+    play(s, 0)
+    buf = io.BytesIO()
+    torch.save(s.state_dict(), buf)
+    buf.seek(0)
+    t = build_strategy(name, DralConfig(), seed=1)
+    t.load_state_dict(torch.load(buf, weights_only=True))  # as the loop reloads it
+    if name == "qbc":
+        t.features = s.features  # the round's input, not state: the loop gives it with begin_round
+    assert [play(t, q) for q in (3, 6)] == [play(s, q) for q in (3, 6)]  # mid-round: the state decides
+    # the loop's resume: restore, then begin the next round on the answers so far
+    nxt = ctx(RT_F * 1.5, pos=[(0, 1), (3, 4)], neg=[(0, 3), (6, 9)])
+    s.begin_round(nxt)
+    t.begin_round(nxt)
+    assert [play(t, q) for q in (1, 7, 10)] == [play(s, q) for q in (1, 7, 10)]
 
 
 def test_dral_agent_picks_valid_actions_and_learns_from_answers():

@@ -32,3 +32,33 @@ def test_paper_defaults_file_is_the_paper():
     assert (job.finetune.lr, job.finetune.every) == (5e-6, 0.25)
     assert (job.model.backbone, job.data.height, job.data.width, job.pretrain.epochs, job.pretrain.lr) == \
         ("resnet50", 256, 128, 60, 5e-4)
+
+
+def test_cuhk01_paper_config_switches_off_every_addition():
+    """The "as published" CUHK01 rows: Algorithm 1's rounds, the paper's fine-tune, no addition of ours."""
+    job = load_config(LoopJob, ROOT / "cuhk01_paper.yaml", ["data.root=/x"])
+    assert job.rounds == "queries" and job.oracle.budget is None  # n * Kmax, cut by queries
+    assert job.infer_answers is False  # no transitive inference
+    assert job.finetune.pairs == "asked"  # no settled-pair labels
+    assert job.finetune.cross_entropy is False  # §3.3: the triplet loss only
+    assert (job.finetune.lr, job.finetune.epochs, job.finetune.every) == (5e-6, 1, 0.25)
+    assert job.finetune.upperbound == "identities"  # the paper's fully supervised UpperBound
+    assert job.dral.warmstart_passes == 0
+    d = job.dral
+    assert (d.ns, d.kappa, d.thred, d.margin, d.hidden, d.layers, d.policy_lr) == (30, 15, 0.4, 0.2, 256, 3, 2e-2)
+
+
+def test_cuhk01_config_compares_at_equal_answers():
+    ours = load_config(LoopJob, ROOT / "cuhk01.yaml", ["data.root=/x"])
+    paper = load_config(LoopJob, ROOT / "cuhk01_paper.yaml", ["data.root=/x"])
+    assert ours.rounds == "answers" and ours.oracle.budget == 2 * 485 * 4
+    assert ours.infer_answers and ours.finetune.pairs == "settled" and ours.finetune.upperbound == "learners"
+    # the two kinds of row share the data, the source model and the agent
+    assert (ours.data, ours.checkpoint, ours.dral) == (paper.data, paper.checkpoint, paper.dral)
+
+
+def test_rounds_by_answers_need_a_budget():
+    with pytest.raises(ConfigError, match="oracle.budget.*rounds: answers"):
+        load_config(LoopJob, None, ["rounds=answers"])
+    with pytest.raises(ConfigError, match="rounds"):
+        load_config(LoopJob, None, ["rounds=tokens", "oracle.budget=10"])

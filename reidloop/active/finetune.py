@@ -71,6 +71,7 @@ class FinetuneData:
     ce_labels: np.ndarray  # per pool image: pseudo-identity of Eq. 3, -1 for none
     n_classes: int  # CE head size; 0: no CE term
     knowledge: PairKnowledge | None = None  # FinetuneConfig.pairs == "settled": what the answers settle
+    truth: np.ndarray | None = None  # per pool image: true identity, labelling every pair (learners' UpperBound)
 
 
 def components(n: int, pos_pairs: np.ndarray) -> np.ndarray:
@@ -96,12 +97,14 @@ def components(n: int, pos_pairs: np.ndarray) -> np.ndarray:
 
 
 def pair_batches(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarray, per_batch: int,
-                 rng: np.random.Generator, knowledge: PairKnowledge | None = None):
+                 rng: np.random.Generator, knowledge: PairKnowledge | None = None,
+                 truth: np.ndarray | None = None):
     """Yield (pool indices, local pos pairs, local neg pairs), ``per_batch`` queries at a time.
 
     A batch holds its queries and their answered candidates, labelled by the answers. With
     ``knowledge`` it also holds every image known to show a query's person, and is labelled with
-    every pair among its images that the answers settle.
+    every pair among its images that the answers settle. With ``truth`` (the learners' UpperBound)
+    every pair among its images is labelled from the true identities.
     """
     order = np.unique(queries)
     rng.shuffle(order)
@@ -111,6 +114,10 @@ def pair_batches(queries: np.ndarray, candidates: np.ndarray, answers: np.ndarra
     for start in range(0, len(order), per_batch):
         chosen = order[start:start + per_batch]
         rows = np.concatenate([by_query[q] for q in chosen])
+        if truth is not None:
+            items = np.unique(np.concatenate([queries[rows], candidates[rows]]))
+            yield (items, *labelled_pairs(truth[items]))
+            continue
         if knowledge is not None:
             same = np.flatnonzero(np.isin(roots, roots[chosen]))
             items = np.unique(np.concatenate([queries[rows], candidates[rows], same]))
@@ -137,17 +144,55 @@ def label_batches(labels: np.ndarray, per_batch: int, images_per_id: int, n_batc
         chosen = order[b * per_batch:(b + 1) * per_batch]
         items = np.concatenate([rng.choice(members[i], size=min(images_per_id, len(members[i])), replace=False)
                                 for i in chosen])
-        lab = labels[items]
-        iu = np.triu_indices(len(items), 1)
-        pairs = np.stack(iu, 1)
-        same = (lab[:, None] == lab[None, :])[iu]
-        yield items, pairs[same], pairs[~same]
+        yield (items, *labelled_pairs(labels[items]))
+
+
+def labelled_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pos, neg) local index pairs (i < j) of every pair of a batch, from its items' identities."""
+    iu = np.triu_indices(len(labels), 1)
+    pairs = np.stack(iu, 1)
+    same = (labels[:, None] == labels[None, :])[iu]
+    return pairs[same], pairs[~same]
+
+
+def upperbound_pairs(features: np.ndarray, labels: np.ndarray, queries: np.ndarray, kmax: int,
+                     distance=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The learners' UpperBound training pairs: (queries, candidates, answers) from the true ``labels``.
+
+    Each query is paired with its ``kmax`` nearest other pool images (``distance(a, b)`` → pairwise
+    matrix; Euclidean when None), as a learner spending all Kmax questions on it would be, and with
+    every other image of its person, as the learners' settled-pairs batches hold them. Fine-tuned with
+    ``truth=labels`` so every pair in a batch is labelled: the learners' batch shape and step count,
+    with perfect and complete answers.
+    """
+    from ..metrics.distance import pairwise_distance
+
+    queries = np.asarray(queries, dtype=np.int64)
+    if not len(queries):
+        return (np.empty(0, dtype=np.int64),) * 3
+    D = (distance or pairwise_distance)(features[queries], features)
+    D[np.arange(len(queries)), queries] = np.inf
+    k = min(kmax, len(features) - 1)
+    near = np.argsort(D, axis=1, kind="stable")[:, :k]
+    q_out, c_out = [], []
+    for q, cands in zip(queries.tolist(), near):
+        same = np.flatnonzero(labels == labels[q])
+        cs = np.unique(np.concatenate([cands, same[same != q]]))
+        q_out.append(np.full(len(cs), q, dtype=np.int64))
+        c_out.append(cs.astype(np.int64))
+    qs, cs = np.concatenate(q_out), np.concatenate(c_out)
+    return qs, cs, np.where(labels[qs] == labels[cs], 1, -1).astype(np.int64)
 
 
 def finetune_data(n: int, cfg: FinetuneConfig, mode: Literal["pairs", "full"], *,
                   queries: np.ndarray | None = None, candidates: np.ndarray | None = None,
-                  answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None) -> FinetuneData | None:
-    """Validate the inputs of a fine-tune over a pool of ``n`` images; None when there is nothing to train on."""
+                  answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None,
+                  truth: np.ndarray | None = None) -> FinetuneData | None:
+    """Validate the inputs of a fine-tune over a pool of ``n`` images; None when there is nothing to train on.
+
+    ``truth`` (mode "pairs" only): true identities of the pool, labelling every pair of each batch (the
+    learners' UpperBound, :func:`upperbound_pairs`).
+    """
     if mode == "pairs":
         if queries is None or candidates is None or answers is None:
             raise ValueError("finetune(mode='pairs') needs queries, candidates and answers")
@@ -156,7 +201,11 @@ def finetune_data(n: int, cfg: FinetuneConfig, mode: Literal["pairs", "full"], *
             return None
         ce_labels = components(n, np.stack([queries, candidates], 1)[answers > 0])
         knowledge = PairKnowledge(n, zip(queries.tolist(), candidates.tolist(), answers.tolist()), strict=False) \
-            if cfg.pairs == "settled" else None
+            if cfg.pairs == "settled" and truth is None else None
+        if truth is not None:
+            truth = np.asarray(truth)
+            if len(truth) != n:
+                raise ValueError(f"finetune truth: {len(truth)} labels for a pool of {n} images")
     elif mode == "full":
         if pool_labels is None:
             raise ValueError("finetune(mode='full') needs pool_labels")
@@ -165,7 +214,8 @@ def finetune_data(n: int, cfg: FinetuneConfig, mode: Literal["pairs", "full"], *
     else:
         raise ValueError(f"finetune mode {mode!r} is not 'pairs' or 'full'")
     n_classes = int(ce_labels.max()) + 1 if cfg.cross_entropy and (ce_labels >= 0).any() else 0
-    return FinetuneData(mode, queries, candidates, answers, ce_labels, n_classes, knowledge)
+    return FinetuneData(mode, queries, candidates, answers, ce_labels, n_classes, knowledge,
+                        truth if mode == "pairs" else None)
 
 
 def epoch_batches(data: FinetuneData, cfg: FinetuneConfig, seed: int, epoch: int) -> list[tuple]:
@@ -177,7 +227,7 @@ def epoch_batches(data: FinetuneData, cfg: FinetuneConfig, seed: int, epoch: int
     rng = np.random.default_rng([seed, epoch])
     if data.mode == "pairs":
         batches = pair_batches(data.queries, data.candidates, data.answers, cfg.queries_per_batch, rng,
-                               knowledge=data.knowledge)
+                               knowledge=data.knowledge, truth=data.truth)
     else:  # as many batches as a loop whose every pool image was a query
         n_batches = -(-len(data.ce_labels) // cfg.queries_per_batch)
         batches = label_batches(data.ce_labels, cfg.queries_per_batch, 4, n_batches, rng)
@@ -266,10 +316,11 @@ def finetune_step(model: torch.nn.Module, dataset: ReidImageDataset, batch: tupl
 def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneConfig, *, height: int,
              width: int, precision: Precision, mode: Literal["pairs", "full"], seed: int,
              queries: np.ndarray | None = None, candidates: np.ndarray | None = None,
-             answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None) -> FinetuneStats:
+             answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None,
+             truth: np.ndarray | None = None) -> FinetuneStats:
     """Fine-tune ``model`` in place for cfg.epochs on the answered pairs (mode "pairs") or all labels ("full")."""
     data = finetune_data(len(pool), cfg, mode, queries=queries, candidates=candidates, answers=answers,
-                         pool_labels=pool_labels)
+                         pool_labels=pool_labels, truth=truth)
     if data is None:
         return FinetuneStats(0, 0, 0.0, 0.0, 0.0)
     dataset = ReidImageDataset(list(pool), build_transforms(height, width, train=True))

@@ -50,7 +50,7 @@ from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, build_strategy
 from .episodes import (AnswerFn, InferFn, known_answers, nearest_candidates_all, round_slices,  # noqa: F401
                        run_episode, split_pairs)  # (re-exported)
-from .finetune import finetune
+from .finetune import finetune, upperbound_pairs
 from .warmstart import WarmStartStats, warm_start
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,35 @@ class ReplayingOracle:
         self.pending.pop(0)
         self._pending_keys.discard((min(q, c), max(q, c)))
         self.replayed += 1
+        return y
+
+
+class RoundQuota:
+    """An asker that answers at most ``quota`` questions, then refuses (``rounds: answers``).
+
+    Wraps the round's asker (the oracle, or a :class:`ReplayingOracle` while a round is replayed), so a
+    replayed round is cut at the same question as the interrupted one.
+    """
+
+    def __init__(self, asker, quota: int) -> None:
+        self.asker, self.quota, self.asked = asker, quota, 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, min(self.asker.remaining, self.quota - self.asked))
+
+    @property
+    def used(self) -> int:
+        return self.asker.used
+
+    def known(self, q: int, c: int) -> int | None:
+        return self.asker.known(q, c)
+
+    def ask(self, q: int, c: int, **kw) -> int:
+        if self.asked >= self.quota:
+            raise BudgetExhausted(f"the round's {self.quota} answers are spent")
+        y = self.asker.ask(q, c, **kw)
+        self.asked += 1
         return y
 
 
@@ -199,12 +228,26 @@ class ActiveLearningLoop:
         gf = self.embed(model, splits.gallery, "gallery")
         return evaluate_features(qf, gf, splits.query, splits.gallery, self.job.eval)
 
-    def finetune(self, model, pool, mode: str, round_: int, log_table: pa.Table, pids: np.ndarray):
-        q_all, c_all, y_all = answered_pairs(log_table)
+    def finetune(self, model, pool, mode: str, round_: int, pairs: tuple, pids: np.ndarray,
+                 truth: np.ndarray | None = None):
+        """Fine-tune on ``pairs`` = (queries, candidates, answers); ``truth`` labels every pair (UpperBound)."""
+        q_all, c_all, y_all = pairs
         return finetune(model, pool, self.job.finetune, height=self.job.data.height, width=self.job.data.width,
                         precision=resolve_precision(self.job.finetune.amp, self.device), mode=mode,
                         seed=self.job.seed + round_, queries=q_all, candidates=c_all, answers=y_all,
-                        pool_labels=pids)
+                        pool_labels=pids, truth=truth)
+
+    def training_pairs(self, strategy: Strategy, answer_log: AnswerLog, features: np.ndarray, pids: np.ndarray,
+                       browsed: np.ndarray) -> tuple[str, tuple, np.ndarray | None]:
+        """(mode, (queries, candidates, answers), truth) of this round's fine-tune.
+
+        The learners train on the answer log. The UpperBound trains on every label ("full"), or with
+        ``finetune.upperbound: learners`` on the learners' batches over the ``browsed`` queries, every pair
+        labelled from the true identities (:func:`upperbound_pairs`).
+        """
+        if strategy.finetune == "full" and self.job.finetune.upperbound == "learners":
+            return "pairs", upperbound_pairs(features, pids, browsed, self.job.dral.kmax), pids
+        return strategy.finetune, answered_pairs(answer_log.read()), None
 
     def warm_start(self, strategy: Strategy, features: np.ndarray, pids: np.ndarray) -> WarmStartStats:
         """Warm the agent up on the labelled images (``dral.warmstart_passes``; the Ray loop runs it in the actor)."""
@@ -213,10 +256,12 @@ class ActiveLearningLoop:
                           seed=job.seed)
 
     def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric: Metric,
-                  strategy: Strategy, oracle, knowledge: PairKnowledge | None = None) -> None:
-        """Run the episodes of one round's queries (the Ray service overrides this with env workers).
+                  strategy: Strategy, oracle, knowledge: PairKnowledge | None = None) -> int | None:
+        """Run the episodes of one round's queries in order (the Ray service overrides this with env workers).
 
         ``knowledge`` (None when ``infer_answers`` is off) holds every answer so far and learns each new one.
+        Returns how many of ``queries`` were browsed: all of them, unless the asker's budget ran out (the
+        query whose episode it cut counts as browsed).
         """
         cands = nearest_candidates_all(features, metric, queries, self.job.dral.ns)
         env = QueryEpisodeEnv.from_config(self.job.dral)
@@ -232,10 +277,16 @@ class ActiveLearningLoop:
         if self.progress:
             it = tqdm(it, desc=f"round {round_} queries", leave=False, disable=None)
         for i in it:
+            if not oracle.remaining:  # the budget (or, with rounds: answers, the round's share) is spent
+                return i
             q = int(queries[i])
             known = known_answers(known_fn, q, cands[i])
-            run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_,
-                        infer=None if knowledge is None else knowledge.infer)
+            try:
+                run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_,
+                            infer=None if knowledge is None else knowledge.infer)
+            except BudgetExhausted:
+                return i + 1
+        return len(queries)
 
     # ---- main
     def run(self) -> LoopResult:
@@ -244,24 +295,31 @@ class ActiveLearningLoop:
         pids = np.array([r.pid for r in pool])
         n = len(pool)
         order = np.random.default_rng(job.seed).permutation(n)[: job.max_queries or n]
-        strategy = self.make_strategy()
         budget = job.oracle.budget if job.oracle.budget is not None else len(order) * job.dral.kmax
+        if job.dral.epsilon_decay_fraction is not None:  # ε's schedule sized to this run's budget
+            self.job = job = replace(job, dral=replace(
+                job.dral, epsilon_decay_steps=max(1, round(job.dral.epsilon_decay_fraction * budget))))
+        strategy = self.make_strategy()
         answer_log, oracle = self.open_oracle(pids, budget, pool)
         result = LoopResult(output_dir=str(self.out))
         start = time.perf_counter()
 
-        done_round = self._load_state(model, strategy, result)
+        done_round, cursor = self._load_state(model, strategy, result)
         if done_round == 0:
             self._warm_start_once(model, strategy)
         if done_round == 0 and not result.rounds:
             metrics = self.evaluate(model, splits)
-            result.rounds.append(self._row(0, oracle.used, metrics, start, 0.0))
+            result.rounds.append(self._row(0, 0, metrics, start, 0.0))  # (a resumed round 1 has answers logged)
             log.info("round 0 (pre-trained): %s", format_metrics({job.strategy: metrics}).splitlines()[1])
         features = self.embed(model, pool, "pool")
         slices = round_slices(len(order), job.finetune.every)
+        by_answers = job.rounds == "answers"
         for r, sl in enumerate(slices, start=1):
             if r <= done_round:
                 continue
+            if by_answers and cursor >= len(order):
+                log.info("every query browsed after round %d with %d of %d answers spent", r - 1, oracle.used, budget)
+                break
             table = answer_log.read()
             rounds_col = table.column("round").to_numpy()
             before, pending = table.filter(pa.array(rounds_col < r)), table.filter(pa.array(rounds_col >= r))
@@ -269,33 +327,45 @@ class ActiveLearningLoop:
             pos, neg = split_pairs(q_all, c_all, y_all)
             metric = fit_metric(job.dral.metric, features, pos, neg)
             strategy.begin_round(RoundContext(r, features, metric, pos, neg))
-            asker = oracle
+            asker = replaying = oracle
             if pending.num_rows:  # the round was interrupted: replay it
-                asker = ReplayingOracle(oracle, list(zip(*answered_pairs(pending))))
+                asker = replaying = ReplayingOracle(oracle, list(zip(*answered_pairs(pending))))
                 result.resumed_from_round = r
+            queries = order[sl]
+            if by_answers:  # this round's share of the budget, from where the last round stopped browsing
+                quota = round(r * budget / len(slices)) - before.num_rows
+                asker, queries = RoundQuota(asker, quota), order[cursor:]
             knowledge = PairKnowledge(n, zip(q_all.tolist(), c_all.tolist(), y_all.tolist())) \
                 if job.infer_answers else None
-            if strategy.asks_questions and asker.remaining:
-                try:
-                    self.ask_round(r, order[sl], features, metric, strategy, asker, knowledge)
-                except BudgetExhausted:
-                    log.info("annotation budget of %d questions spent in round %d", budget, r)
-            if isinstance(asker, ReplayingOracle):
-                if asker.pending:
-                    raise ResumeDiverged(f"round {r} ended with {len(asker.pending)} logged answers not "
+            browsed = len(queries)
+            if not strategy.asks_questions:  # the learners' UpperBound browses as one spending Kmax per query
+                share = round(r * budget / len(slices)) - round((r - 1) * budget / len(slices))
+                browsed = min(len(queries), -(-share // job.dral.kmax)) if by_answers else len(queries)
+            elif asker.remaining:
+                browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge)
+                browsed = len(queries) if browsed is None else browsed
+            else:
+                browsed = 0
+            if not oracle.remaining:
+                log.info("annotation budget of %d questions spent in round %d", budget, r)
+            cursor = (cursor if by_answers else sl.start) + browsed
+            if isinstance(replaying, ReplayingOracle):
+                if replaying.pending:
+                    raise ResumeDiverged(f"round {r} ended with {len(replaying.pending)} logged answers not "
                                          "replayed; was the config or code changed between the runs?")
-                result.replayed_answers += asker.replayed
+                result.replayed_answers += replaying.replayed
             answer_log.flush()
             ft_seconds = 0.0
             if strategy.finetune != "none":
-                stats = self.finetune(model, pool, strategy.finetune, r, answer_log.read(), pids)
+                mode, pairs, truth = self.training_pairs(strategy, answer_log, features, pids, order[:cursor])
+                stats = self.finetune(model, pool, mode, r, pairs, pids, truth)
                 ft_seconds = stats.seconds
                 features = self.embed(model, pool, "pool")  # the new CNN re-initialises the states
             metrics = self.evaluate(model, splits)
             result.rounds.append(self._row(r, oracle.used, metrics, start, ft_seconds))
             log.info("round %d: %d answers  %s", r, oracle.used,
                      format_metrics({job.strategy: metrics}).splitlines()[1])
-            self._save_state(r, model, strategy, result, oracle.used)
+            self._save_state(r, model, strategy, result, oracle.used, cursor)
             answer_log.compact()
             if self.on_round is not None:
                 self.on_round(result.rounds[-1], self.out)
@@ -326,19 +396,22 @@ class ActiveLearningLoop:
                  stats.seconds)
 
     # ---- checkpoints and outputs
-    def _save_state(self, r: int, model, strategy: Strategy, result: LoopResult, answers: int) -> None:
+    def _save_state(self, r: int, model, strategy: Strategy, result: LoopResult, answers: int,
+                    next_query: int) -> None:
         """Round r's checkpoint: model, strategy, metrics — then the marker that makes it count."""
         save_checkpoint(self.out / "model.pt", model, extra={"round": r, "answers": answers,
                                                              **{k: result.rounds[-1][k] for k in METRIC_KEYS}})
         atomic.torch_save(strategy.state_dict(), self.out / "strategy.pt")
         atomic.write_parquet(pa.Table.from_pylist(result.rounds), self.out / "rounds.parquet")
-        atomic.write_json(self.out / "state.json", {"completed_round": r, "answers": answers})
+        atomic.write_json(self.out / "state.json", {"completed_round": r, "answers": answers,
+                                                    "next_query": next_query})
 
-    def _load_state(self, model, strategy: Strategy, result: LoopResult) -> int:
-        """Restore the last completed round's checkpoint; returns its number (0: fresh start)."""
+    def _load_state(self, model, strategy: Strategy, result: LoopResult) -> tuple[int, int]:
+        """Restore the last completed round's checkpoint; returns (its number, the next query's position
+        in the query order); (0, 0) for a fresh start."""
         state_path = self.out / "state.json"
         if not state_path.exists():
-            return 0
+            return 0, 0
         try:
             state = json.loads(state_path.read_text())
             r = int(state["completed_round"])
@@ -350,7 +423,7 @@ class ActiveLearningLoop:
             raise ValueError(f"{self.out}: cannot resume from round checkpoint ({exc}); "
                              "move the folder away to start afresh (the answer log is kept in answers/)") from exc
         log.info("resuming %s after round %d (%d answers logged)", self.out, r, state.get("answers", -1))
-        return r
+        return r, int(state.get("next_query", 0))
 
     def _row(self, r: int, answers: int, metrics: dict, start: float, ft_seconds: float) -> dict:
         return {"round": r, "answers": answers, "strategy": self.job.strategy, "seed": self.job.seed,

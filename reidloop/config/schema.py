@@ -12,7 +12,7 @@ from .loader import ConfigError
 
 DATASETS = ("synthetic", "market1501", "dukemtmc", "cuhk03", "cuhk01")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
-STRATEGIES = ("dral", "random", "qiu", "qbc", "gd", "nearest", "l2r", "baseline", "upperbound")
+STRATEGIES = ("dral", "random", "qiu", "qbc", "gd", "nearest", "farthest", "l2r", "baseline", "upperbound")
 
 
 def _check(cond: bool, name: str, value, why: str) -> None:
@@ -121,6 +121,12 @@ class PretrainJob:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/pretrain"
+    # evaluate on the held-out query/gallery every this many epochs (0: only at the end); the curve goes
+    # into history.json, so the epoch count can be chosen where it plateaus
+    eval_every: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.eval_every >= 0, "eval_every", self.eval_every, "must be >= 0")
 
 
 @dataclass
@@ -153,6 +159,10 @@ class DralConfig:
     epsilon_start: float = 0.5
     epsilon_end: float = 0.05
     epsilon_decay_steps: int = 2000
+    # Not in the paper's text (which gives no schedule): when set, ε decays over this fraction of the run's
+    # answer budget instead of `epsilon_decay_steps`, so the schedule fits the run (about 0.15: the agent
+    # acts on its own after the first ~15% of its questions). None: `epsilon_decay_steps` as given.
+    epsilon_decay_fraction: Optional[float] = None
     replay_size: int = 20000
     batch_size: int = 64
     target_sync: int = 200  # learner steps between target-network copies (Eq. 10)
@@ -176,6 +186,8 @@ class DralConfig:
         _check(self.batch_size >= 1 and self.replay_size >= self.batch_size, "replay_size",
                self.replay_size, "must be >= batch_size")
         _check(self.warmstart_passes >= 0, "warmstart_passes", self.warmstart_passes, "must be >= 0")
+        _check(self.epsilon_decay_fraction is None or 0 < self.epsilon_decay_fraction <= 1,
+               "epsilon_decay_fraction", self.epsilon_decay_fraction, "must be in (0, 1] or null")
 
 
 @dataclass
@@ -214,6 +226,12 @@ class FinetuneConfig:
     # only. "settled": also every image known to show a query's person, and every pair among the
     # batch's images that the answers settle by transitivity (reidloop/pair_knowledge.py).
     pairs: Literal["asked", "settled"] = "settled"
+    # How the UpperBound (strategy `upperbound`) is fine-tuned. "identities": the paper's fully supervised
+    # reference, batches of identities x 4 images, every pair labelled. "learners": the active learners'
+    # batches and steps (queries with their Kmax nearest candidates and every image of their person, the
+    # queries a learner spending Kmax answers per query would have browsed by then), every pair among a
+    # batch's images labelled from the true identities: what the learners would reach with perfect answers.
+    upperbound: Literal["identities", "learners"] = "identities"
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", self.lr, "must be > 0")
@@ -266,6 +284,11 @@ class LoopJob:
     # Never ask what the answers so far imply ("same" is transitive: a~b, b~c => a~c; a~b, b!~c => a!~c):
     # implied answers are applied to the query's state for free (reidloop/pair_knowledge.py).
     infer_answers: bool = True
+    # When the CNN fine-tunes. "queries": after every `finetune.every` of the queries (the paper's
+    # Algorithm 1), so strategies fine-tune at different answer counts. "answers": after every
+    # `finetune.every` of `oracle.budget` answers, whatever the strategy, so every strategy's curve has
+    # points at the same answer counts (the query order is browsed until the budget is spent).
+    rounds: Literal["queries", "answers"] = "queries"
     output_dir: str = "runs/loop"
     seed: int = 0
 
@@ -274,6 +297,9 @@ class LoopJob:
         _check(0 < self.pretrain_fraction < 1 or self.checkpoint is not None, "pretrain_fraction",
                self.pretrain_fraction, "must be in (0, 1) when no checkpoint is given")
         _check(self.max_queries is None or self.max_queries >= 1, "max_queries", self.max_queries, "must be >= 1")
+        _check(self.rounds in ("queries", "answers"), "rounds", self.rounds, "must be 'queries' or 'answers'")
+        _check(self.rounds == "queries" or (self.oracle.budget or 0) > 0, "oracle.budget", self.oracle.budget,
+               "must be set (> 0) with rounds: answers (the rounds are cut at fractions of it)")
         _check(self.checkpoint is None or self.dral.warmstart_passes == 0, "dral.warmstart_passes",
                self.dral.warmstart_passes, "needs the labelled pre-training identities; a run from `checkpoint` "
                "has none (set it to 0 or pre-train with pretrain_fraction)")

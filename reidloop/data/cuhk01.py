@@ -1,4 +1,4 @@
-"""CUHK01 reader: ``campus/PPPPNNN.png``, 971 identities × 4 images (NNN 001–002 camera A, 003–004 camera B).
+"""CUHK01 reader: ``campus/PPPPNNN.{png,jpg}``, 971 identities × 4 images (NNN 001–002 camera A, 003–004 camera B).
 
 As in the DRAL paper (Sec. 4, Datasets), identities are split with the seed into 485 for training
 and 486 for testing (generally ``n // 2`` and the rest); query = the test identities' camera-A
@@ -36,7 +36,7 @@ def _read(folder: Path, skip_bad: bool) -> list[ImageRecord]:
     for f in list_images(folder):
         m = NAME_PATTERN.match(f.name)
         if m is None or not 1 <= int(m.group(2)) <= 4:
-            msg = f"{f}: file name does not match 'PPPPNNN.png' with NNN in 001..004"
+            msg = f"{f}: file name does not match 'PPPPNNN.<png/jpg>' with NNN in 001..004"
             if not skip_bad:
                 raise DatasetError(msg)
             log.warning("skipping %s", msg)

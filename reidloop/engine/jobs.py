@@ -32,15 +32,24 @@ def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
     train_precision = checked_precision(resolve_precision(job.train.amp, device), model, job.data.height,
                                         job.data.width)
     log.info("training %s on %s (%s)", job.model.backbone, splits.name, train_precision.describe())
+    eval_precision = resolve_precision(job.eval.amp, device)
+    curve: dict[int, dict] = {}  # epoch -> held-out metrics (job.eval_every)
+
+    def on_epoch(stats) -> None:
+        if job.eval_every and (stats.epoch + 1) % job.eval_every == 0 and stats.epoch + 1 < job.train.epochs:
+            curve[stats.epoch] = evaluate_model(model, splits.query, splits.gallery, height=job.data.height,
+                                                width=job.data.width, cfg=job.eval, precision=eval_precision,
+                                                num_workers=job.data.num_workers, progress=False)
+            log.info("epoch %3d  held-out %s", stats.epoch,
+                     format_metrics({"": curve[stats.epoch]}).splitlines()[1].strip())
+
     start = time.perf_counter()
     history = train_supervised(model, splits.train, height=job.data.height, width=job.data.width,
                                cfg=job.train, precision=train_precision, num_workers=job.data.num_workers,
-                               skip_bad=job.data.skip_bad_images, progress=progress)
-    train_s = time.perf_counter() - start
+                               skip_bad=job.data.skip_bad_images, progress=progress, on_epoch=on_epoch)
+    train_s = time.perf_counter() - start  # includes the held-out evaluations of eval_every
     save_checkpoint(out / "model.pt", model, extra={
         "dataset": splits.name, "epochs": job.train.epochs, "model_config": to_dict(job.model)})
-    write_json(out / "history.json", [asdict(h) for h in history])
-    eval_precision = resolve_precision(job.eval.amp, device)
     metrics = evaluate_model(model, splits.query, splits.gallery, height=job.data.height, width=job.data.width,
                              cfg=job.eval, precision=eval_precision, num_workers=job.data.num_workers,
                              progress=progress)
@@ -48,6 +57,9 @@ def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
                "epochs": job.train.epochs, "train_seconds": round(train_s, 1),
                "precision": train_precision.describe(), **metrics}
     write_json(out / "metrics.json", summary)
+    curve[job.train.epochs - 1] = metrics
+    write_json(out / "history.json", [{**asdict(h), **({"held_out": curve[h.epoch]} if h.epoch in curve else {})}
+                                      for h in history])
     print(format_metrics({f"{job.model.backbone} ({job.train.epochs} ep)": metrics}))
     return summary
 

@@ -5,6 +5,7 @@ from ..config import DralConfig
 from .base import RoundContext, Strategy, Transition, masked_argmax
 from .baseline import BaselineStrategy
 from .dral import DralStrategy
+from .farthest import FarthestStrategy
 from .gd import GraphDensityStrategy
 from .nearest import NearestStrategy
 from .qbc import QBCStrategy
@@ -13,7 +14,7 @@ from .random import RandomStrategy
 from .upperbound import UpperBoundStrategy
 
 _SIMPLE = {cls.name: cls for cls in (RandomStrategy, QIUStrategy, QBCStrategy, GraphDensityStrategy, NearestStrategy,
-                                     BaselineStrategy, UpperBoundStrategy)}
+                                     FarthestStrategy, BaselineStrategy, UpperBoundStrategy)}
 
 
 def build_strategy(name: str, dral: DralConfig, seed: int = 0) -> Strategy:

@@ -1,14 +1,23 @@
 """GD — graph density (DRAL §4.3, [12], Ebert et al. "RALF", CVPR 2012).
 
-A k-nearest-neighbour graph over the pool with Gaussian weights
-W_ij = exp(−d_ij² / (2σ²)) (σ = mean kNN distance) gives each node a density
-ρ_i = Σ_j W_ij / Σ_j P_ij (P: the kNN adjacency). The candidate with the highest
-density — the most representative — is asked; after each question the densities
-of its neighbours drop, ρ_j ← ρ_j − ρ_k W_kj, so the next pick covers another region.
+Source definition: a k-nearest-neighbour graph over the unlabelled pool with Gaussian weights
+W_ij = exp(−d_ij² / (2σ²)) gives each node the density ρ_i = Σ_j W_ij / Σ_j P_ij (P: the kNN
+adjacency); the densest node is labelled next, then leaves the pool, and its neighbours' densities
+drop, ρ_j ← ρ_j − ρ_k W_kj, so the next pick covers another region (google/active-learning's
+graph_density likewise puts a picked node below every other).
+
+Ours: the graph is built per round on the round's features (σ = mean kNN distance), and within a
+query episode the open candidate with the highest density is asked (ties: the nearer one). After
+each question the asked image k is treated as RALF's labelled node: its neighbours drop as above
+(clipped at 0) and its own density drops by ρ_k W_kk = ρ_k, to 0 — so a hub image is not asked
+again by the next queries while other candidates with density remain; an image is "labelled" once
+per pair, not removed, so when every open candidate of a query is at 0 the nearest one is asked.
+The densities are checkpointed with the graph (``state_dict``).
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..metrics.distance import pairwise_distance
 from .base import RoundContext, Strategy, masked_argmax
@@ -47,3 +56,14 @@ class GraphDensityStrategy(Strategy):
         node = t.candidate
         nbrs = self.nbr_idx[node]
         self.density[nbrs] = np.maximum(self.density[nbrs] - self.density[node] * self.nbr_w[node], 0.0)
+        self.density[node] = 0.0
+
+    def state_dict(self) -> dict:
+        arr = lambda a: None if a is None else torch.from_numpy(np.array(a))  # noqa: E731
+        return {**super().state_dict(), "density": arr(self.density), "nbr_idx": arr(self.nbr_idx),
+                "nbr_w": arr(self.nbr_w)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for key in ("density", "nbr_idx", "nbr_w"):
+            setattr(self, key, None if state[key] is None else state[key].numpy().copy())

@@ -1,0 +1,274 @@
+"""The CUHK03 -> CUHK01 table: does asking well save annotations on real people?
+
+    .venv/bin/python benchmarks/cuhk01_table.py --cuhk01 ../shared/data/cuhk01 --cuhk03 ../shared/data/cuhk03 \
+        [--rows baseline upperbound random nearest dral] [--seeds 0 1 2] [--kmax 5] [--table-only]
+
+The shape of the DRAL paper's CUHK01 experiment (Tables 4-5, Fig. 4) on a CPU: an ImageNet MobileNetV2
+trained on CUHK03 (``tune_configs/pretrain_cuhk03.yaml``; trained once, cached in ``runs/cuhk03_source``)
+adapts to CUHK01 by asking a simulated annotator about the 485 learning identities of a split (1,940
+images), and is tested on the other 486 (query camera A, gallery camera B).
+
+Row by row: each (row, Kmax, split seed) runs the in-process loop into ``runs/cuhk01/<key>/`` (resumed
+there if it was interrupted) and writes ``benchmarks/results/cuhk01/<key>.json`` when done; a row whose
+results file exists is skipped, so the table fills over several sessions. Then the table is printed
+and written (``table.md``, ``table.json``, ``curves.png``) from every results file present.
+
+Rows (``ROWS``): ours cut rounds by answers (``tune_configs/cuhk01.yaml``: a common budget of 2n answers,
+a fine-tune after every quarter of it), so strategies are compared at equal answers; the rows marked
+"paper" run DRAL's Algorithm 1 as published (``tune_configs/cuhk01_paper.yaml``). The split seed sets
+both the CUHK01 identity split and the run's own randomness (query order, agent, fine-tune).
+Equal-answer columns: mAP at 1n and 2n answers, the mean mAP over [0, 2n] answers (area under the curve
+/ 2n), and the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
+same split (linear between rounds; "-" when the run never got there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reidloop.active.loop import ActiveLearningLoop  # noqa: E402
+from reidloop.config import LoopJob, PretrainJob, load_config, to_dict  # noqa: E402
+from reidloop.metrics.curves import answers_to_reach, gap_closure, mean_up_to, value_at  # noqa: E402
+
+OURS, PAPER = "tune_configs/cuhk01.yaml", "tune_configs/cuhk01_paper.yaml"
+SOURCE = "tune_configs/pretrain_cuhk03.yaml"
+METRICS = ("mAP", "rank1", "rank5", "rank10")
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    config: str
+    overrides: tuple[str, ...]
+    note: str = ""
+
+
+ROWS: dict[str, Row] = {
+    "baseline": Row("Baseline", OURS, ("strategy=baseline",), "the CUHK03 model as is"),
+    "upperbound": Row("UpperBound", OURS, ("strategy=upperbound",),
+                      "learners' batches and steps, every pair labelled from the truth"),
+    "random": Row("Random", OURS, ("strategy=random",)),
+    "nearest": Row("Nearest-first", OURS, ("strategy=nearest",)),
+    "farthest": Row("Farthest-first", OURS, ("strategy=farthest",)),
+    "qiu": Row("QIU", OURS, ("strategy=qiu",)),
+    "qbc": Row("QBC", OURS, ("strategy=qbc",)),
+    "gd": Row("GD", OURS, ("strategy=gd",)),
+    "l2r": Row("L2R", OURS, ("strategy=l2r",)),
+    "dral": Row("DRAL + our additions", OURS, ("strategy=dral",),
+                "answer inference, settled pairs, CE over answer chains, rounds by answers"),
+    "dral_gamma0": Row("DRAL, gamma = 0", OURS, ("strategy=dral", "dral.gamma=0.0"),
+                       "greedy on the learnt expected Eq. 9 reward"),
+    "dral_paper": Row("DRAL as published", PAPER, ("strategy=dral",),
+                      "rounds by queries, triplet only at lr 5e-6 for 1 epoch, no inference"),
+    "random_paper": Row("Random as published", PAPER, ("strategy=random",)),
+}
+FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
+
+
+def row_key(row: str, kmax: int, seed: int) -> str:
+    return f"{row}_k{kmax}_s{seed}"
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags"))
+        units = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in flags]
+        import os
+
+        return f"{model}, {os.cpu_count()} cores, {'/'.join(units[:2]) or 'no AVX2'}"
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def source_model(cuhk03: str | None, runs: Path) -> Path:
+    """The cached CUHK03 model; trained here (``tune_configs/pretrain_cuhk03.yaml``) when missing."""
+    path = runs / "cuhk03_source" / "model.pt"
+    if path.exists():
+        return path
+    if not cuhk03:
+        sys.exit(f"error: {path} does not exist; give --cuhk03 FOLDER to train the source model")
+    from reidloop.engine.jobs import run_pretrain
+
+    print(f"training the CUHK03 source model into {path.parent} ...", flush=True)
+    job = load_config(PretrainJob, str(ROOT / SOURCE), [f"data.root={cuhk03}", f"output_dir={path.parent}"])
+    run_pretrain(job, progress=False)
+    return path
+
+
+def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
+    spec = ROWS[row]
+    key = row_key(row, kmax, seed)
+    out = Path(args.runs) / "cuhk01" / key
+    overrides = [f"data.root={args.cuhk01}", f"data.seed={seed}", f"seed={seed}", f"oracle.seed={seed}",
+                 f"dral.kmax={kmax}", f"checkpoint={source}", f"output_dir={out}", *spec.overrides,
+                 *args.overrides]
+    job = load_config(LoopJob, str(ROOT / spec.config), overrides)
+    start = time.perf_counter()
+    result = ActiveLearningLoop(job, progress=not args.quiet).run()
+    wall = time.perf_counter() - start
+    summary = json.loads((out / "summary.json").read_text())
+    return {"key": key, "row": row, "label": spec.label, "note": spec.note, "config_file": spec.config,
+            "kmax": kmax, "seed": seed, "budget": summary["budget"], "pool_images": summary["pool_images"], "answers": result.answers,
+            "rounds": result.rounds, "final": {k: result.final()[k] for k in (*METRICS, "mINP")},
+            "wall_seconds": round(wall, 1), "resumed": result.resumed_from_round is not None,
+            "config": to_dict(job), "commit": commit(), "machine": machine(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "overrides": overrides}
+
+
+# ------------------------------------------------------------------------------------ the table
+def equal_answer_columns(res: dict, base: float | None, upper: float | None, n: int) -> dict:
+    """mAP at 1n / 2n answers, mean mAP over [0, 2n], answers to 50% / 80% gap closure."""
+    x = [r["answers"] for r in res["rounds"]]
+    y = [r["mAP"] for r in res["rounds"]]
+    cols = {"mAP@1n": value_at(x, y, n), "mAP@2n": value_at(x, y, 2 * n), "mean_mAP_0_2n": mean_up_to(x, y, 2 * n)}
+    for frac in (0.5, 0.8):
+        ok = base is not None and upper is not None and upper > base
+        cols[f"answers_to_{int(frac * 100)}pct"] = answers_to_reach(x, y, base + frac * (upper - base)) if ok else None
+    cols["closure"] = gap_closure(res["final"]["mAP"], base, upper) if (
+        base is not None and upper is not None and upper > base) else None
+    return cols
+
+
+def _fmt(values: list, scale: float = 100.0, digits: int = 2) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) < len(values):
+        return f"{scale * np.mean(vals):.{digits}f} ({len(vals)}/{len(values)})"
+    if len(vals) == 1:
+        return f"{scale * vals[0]:.{digits}f}"
+    return f"{scale * np.mean(vals):.{digits}f} ± {scale * np.std(vals, ddof=1):.{digits}f}"
+
+
+def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
+    by = {(r["row"], r["kmax"], r["seed"]): r for r in results}
+    base = {s: r["final"]["mAP"] for (row, _, s), r in by.items() if row == "baseline"}
+    upper = {(k, s): r["final"]["mAP"] for (row, k, s), r in by.items() if row == "upperbound"}
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for (row, k, _), r in sorted(by.items(), key=lambda kv: (list(ROWS).index(kv[0][0]), kv[0][1], kv[0][2])):
+        groups.setdefault((row, k), []).append(r)
+    lines = ["| row | Kmax | seeds | answers | mAP | rank-1 | rank-5 | rank-10 | gap closed | mAP@1n | mAP@2n "
+             "| mean mAP 0-2n | answers to 50% | answers to 80% | min / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    records = []
+    for (row, k), rs in groups.items():
+        cols = [equal_answer_columns(r, base.get(r["seed"]), upper.get((k, r["seed"])), n) for r in rs]
+        rec = {"row": row, "label": rs[0]["label"], "kmax": k, "seeds": [r["seed"] for r in rs],
+               "answers": [r["answers"] for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
+               **{c: [col[c] for col in cols] for c in cols[0]}, "wall_seconds": [r["wall_seconds"] for r in rs]}
+        records.append(rec)
+        lines.append(
+            f"| {rec['label']} | {k} | {','.join(map(str, rec['seeds']))} | {_fmt(rec['answers'], 1, 0)} "
+            f"| {_fmt(rec['mAP'])} | {_fmt(rec['rank1'])} | {_fmt(rec['rank5'])} | {_fmt(rec['rank10'])} "
+            f"| {_fmt(rec['closure'])} | {_fmt(rec['mAP@1n'])} | {_fmt(rec['mAP@2n'])} "
+            f"| {_fmt(rec['mean_mAP_0_2n'])} | {_fmt(rec['answers_to_50pct'], 1, 0)} "
+            f"| {_fmt(rec['answers_to_80pct'], 1, 0)} | {_fmt(rec['wall_seconds'], 1 / 60, 1)} |")
+    return "\n".join(lines), records
+
+
+def plot_curves(results: list[dict], path: Path, kmax: int) -> None:
+    """mAP against answers used, one line per row (mean over seeds at shared answer counts), seeds' range shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for row in ROWS:
+        rs = [r for r in results if r["row"] == row and r["kmax"] == kmax]
+        if not rs:
+            continue
+        top = min(r["rounds"][-1]["answers"] for r in rs)
+        grid = np.unique(np.concatenate([[p["answers"] for p in r["rounds"] if p["answers"] <= top] for r in rs]))
+        ys = np.array([[value_at([p["answers"] for p in r["rounds"]], [p["mAP"] for p in r["rounds"]], x)
+                        for x in grid] for r in rs], dtype=float) * 100
+        line, = ax.plot(grid, ys.mean(0), "o-" if row not in ("baseline", "upperbound") else "--",
+                        label=f"{ROWS[row].label} ({len(rs)} seed{'s' * (len(rs) > 1)})")
+        if len(rs) > 1:
+            ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("answers used (human verifications)")
+    ax.set_ylabel("CUHK01 test mAP (%)")
+    ax.set_title(f"CUHK03 -> CUHK01, Kmax = {kmax} (range over split seeds shaded)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cuhk01", help="the CUHK01 folder (holding campus/)")
+    p.add_argument("--cuhk03", help="the CUHK03 folder (holding labeled/), to train the source model if missing")
+    p.add_argument("--rows", nargs="+", default=list(FIRST_ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--kmax", nargs="+", type=int, default=[5])
+    p.add_argument("--runs", default=str(ROOT / "runs"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results/cuhk01"))
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="extra config override for every row run now (e.g. a calibration); recorded in the results")
+    p.add_argument("--table-only", action="store_true", help="run nothing: print the table of the results present")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("reidloop.engine.precision", "reidloop.models.reid_net"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        if not args.cuhk01:
+            p.error("--cuhk01 FOLDER is needed to run rows (or pass --table-only)")
+        source = source_model(args.cuhk03, Path(args.runs))
+        for seed in args.seeds:
+            for kmax in args.kmax:
+                for row in args.rows:
+                    path = results_dir / f"{row_key(row, kmax, seed)}.json"
+                    if path.exists():
+                        print(f"{path.name}: done, skipped", flush=True)
+                        continue
+                    print(f"--- {row_key(row, kmax, seed)} ({ROWS[row].label})", flush=True)
+                    res = run_row(row, kmax, seed, args, source)
+                    path.write_text(json.dumps(res, indent=1))
+                    print(f"{path.name}: {res['answers']} answers, mAP {100 * res['final']['mAP']:.2f}, "
+                          f"rank-1 {100 * res['final']['rank1']:.2f}, {res['wall_seconds'] / 60:.1f} min", flush=True)
+    results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*_k*_s*.json"))]
+    if not results:
+        print(f"no results in {results_dir}")
+        return
+    n = results[0]["pool_images"]  # learning images of a CUHK01 split: 485 identities x 4 = 1,940
+    table, records = build_table(results, n)
+    print(table)
+    (results_dir / "table.md").write_text(table + "\n")
+    (results_dir / "table.json").write_text(json.dumps(records, indent=1))
+    for kmax in sorted({r["kmax"] for r in results}):
+        plot_curves(results, results_dir / f"curves_k{kmax}.png", kmax)
+    print(f"wrote {results_dir}/table.md, table.json, curves_k*.png")
+
+
+if __name__ == "__main__":
+    main()
