@@ -62,7 +62,7 @@ def test_components_and_pair_batches_use_every_answer():
     assert {(min(a, b), max(a, b), v) for a, b, v in seen} == expected
 
 
-@pytest.mark.parametrize("strategy", ["dral", "random", "qiu", "qbc", "gd", "nearest"])
+@pytest.mark.parametrize("strategy", ["dral", "random", "qiu", "qbc", "gd", "nearest", "farthest"])
 def test_loop_runs_and_logs_each_answer_once(tmp_path, tiny_checkpoint, strategy):
     job = tiny_job(tmp_path / strategy, tiny_checkpoint, tmp_path / "cache", strategy=strategy)
     result = ActiveLearningLoop(job, progress=False).run()
@@ -251,3 +251,18 @@ def test_learners_upperbound_trains_on_truth_without_asking(tmp_path, tiny_check
     assert result.rounds[-1]["mAP"] != result.rounds[0]["mAP"]
     # it browses as a learner spending Kmax answers per query: ceil(5 / 3) queries a round
     assert json.loads((tmp_path / "ub" / "state.json").read_text())["next_query"] == 4
+
+
+def test_rounds_record_the_episode_trace(tmp_path, tiny_checkpoint):
+    """Per round: questions, "same" answers, Eq. 9 return, picks that skipped a nearer open candidate."""
+    traces = {}
+    for strategy in ("nearest", "farthest"):
+        out = tmp_path / strategy
+        ActiveLearningLoop(tiny_job(out, tiny_checkpoint, tmp_path / "cache", strategy=strategy), progress=False).run()
+        rows = pq.read_table(out / "rounds.parquet").to_pylist()
+        _, _, answers = answered(out)
+        assert sum(r["questions"] for r in rows[1:]) == len(answers)
+        assert sum(r["same_answers"] for r in rows[1:]) == sum(a > 0 for a in answers)
+        assert all(np.isfinite(r["mean_return"]) for r in rows[1:]) and np.isnan(rows[0]["mean_return"])
+        traces[strategy] = [r["share_not_nearest"] for r in rows[1:]]
+    assert traces["nearest"] == [0.0, 0.0] and min(traces["farthest"]) > 0.5

@@ -6,6 +6,7 @@ nearest pool images under the round's metric, and ``run_episode`` asks one query
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -54,20 +55,51 @@ def known_answers(infer: InferFn, query: int, candidates: np.ndarray) -> dict[in
     return {a: y for a, c in enumerate(candidates.tolist()) if (y := infer(query, c)) is not None}
 
 
+@dataclass
+class EpisodeStats:
+    """What a round's episodes did, whatever the strategy: a trace to compare strategies by.
+
+    ``returns``: the Eq. 9 return of each episode that asked something, discounted by ``gamma`` (the
+    objective DRAL's agent maximises); ``not_nearest``: questions that skipped a nearer open candidate.
+    """
+
+    gamma: float = 0.9
+    episodes: int = 0
+    questions: int = 0
+    same: int = 0
+    not_nearest: int = 0
+    returns: list = field(default_factory=list)
+
+    def row(self) -> dict:
+        """Per-round columns of ``rounds.parquet``."""
+        return {"episodes": self.episodes, "questions": self.questions, "same_answers": self.same,
+                "mean_return": float(np.mean(self.returns)) if self.returns else float("nan"),
+                "share_not_nearest": self.not_nearest / self.questions if self.questions else float("nan")}
+
+
 def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates: np.ndarray,
                 features: np.ndarray, metric: Metric, known: dict[int, int], answer_fn: AnswerFn,
-                round_: int, infer: InferFn | None = None) -> int:
+                round_: int, infer: InferFn | None = None, stats: EpisodeStats | None = None) -> int:
     """One query: ask up to Kmax candidates; returns the number of questions asked.
 
     With ``infer(query, candidate) -> ±1 | None`` (what the answers so far imply), the candidates an
     answer settles are revealed to the state for free before the next choice, and never asked.
+    ``stats`` accumulates the episode's trace (questions, "same" answers, Eq. 9 return, picks that
+    skipped a nearer open candidate: candidates are in nearest-first order).
     """
     obs, mask = reset_episode(env, query, candidates, features, metric, known)
+    ret, discount = 0.0, 1.0
     while mask.any() and env.questions_asked < env.kmax:
         a = strategy.select(env, obs, mask)
         c = int(candidates[a])
         y = answer_fn(int(query), c, round_, env.questions_asked)
+        if stats is not None:
+            stats.questions += 1
+            stats.same += int(y > 0)
+            stats.not_nearest += int(a != int(np.argmax(mask)))
         next_obs, reward, done, _, info = env.step_with_answer(a, y)
+        ret += discount * float(reward)
+        discount *= stats.gamma if stats is not None else 1.0
         if infer is not None and not done:
             implied = implied_answers(infer, int(query), candidates, info["action_mask"])
             if implied:
@@ -77,4 +109,7 @@ def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates
         obs, mask = next_obs, info["action_mask"]
         if done:
             break
+    if stats is not None and env.questions_asked:
+        stats.episodes += 1
+        stats.returns.append(ret)
     return env.questions_asked

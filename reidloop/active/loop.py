@@ -48,8 +48,8 @@ from ..models import build_model, load_checkpoint, save_checkpoint
 from ..oracle import BudgetExhausted, SimulatedOracle
 from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, build_strategy
-from .episodes import (AnswerFn, InferFn, known_answers, nearest_candidates_all, round_slices,  # noqa: F401
-                       run_episode, split_pairs)  # (re-exported)
+from .episodes import (AnswerFn, EpisodeStats, InferFn, known_answers, nearest_candidates_all,  # noqa: F401
+                       round_slices, run_episode, split_pairs)  # (re-exported)
 from .finetune import finetune, upperbound_pairs
 from .warmstart import WarmStartStats, warm_start
 
@@ -273,6 +273,7 @@ class ActiveLearningLoop:
                 knowledge.add(q, c, y)
             return y
 
+        self.round_stats = stats = EpisodeStats(gamma=self.job.dral.gamma)
         it = range(len(queries))
         if self.progress:
             it = tqdm(it, desc=f"round {round_} queries", leave=False, disable=None)
@@ -283,7 +284,7 @@ class ActiveLearningLoop:
             known = known_answers(known_fn, q, cands[i])
             try:
                 run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_,
-                            infer=None if knowledge is None else knowledge.infer)
+                            infer=None if knowledge is None else knowledge.infer, stats=stats)
             except BudgetExhausted:
                 return i + 1
         return len(queries)
@@ -337,6 +338,7 @@ class ActiveLearningLoop:
                 asker, queries = RoundQuota(asker, quota), order[cursor:]
             knowledge = PairKnowledge(n, zip(q_all.tolist(), c_all.tolist(), y_all.tolist())) \
                 if job.infer_answers else None
+            self.round_stats = None  # set by an in-process ask_round
             browsed = len(queries)
             if not strategy.asks_questions:  # the learners' UpperBound browses as one spending Kmax per query
                 share = round(r * budget / len(slices)) - round((r - 1) * budget / len(slices))
@@ -362,7 +364,7 @@ class ActiveLearningLoop:
                 ft_seconds = stats.seconds
                 features = self.embed(model, pool, "pool")  # the new CNN re-initialises the states
             metrics = self.evaluate(model, splits)
-            result.rounds.append(self._row(r, oracle.used, metrics, start, ft_seconds))
+            result.rounds.append(self._row(r, oracle.used, metrics, start, ft_seconds, self.round_stats))
             log.info("round %d: %d answers  %s", r, oracle.used,
                      format_metrics({job.strategy: metrics}).splitlines()[1])
             self._save_state(r, model, strategy, result, oracle.used, cursor)
@@ -425,10 +427,15 @@ class ActiveLearningLoop:
         log.info("resuming %s after round %d (%d answers logged)", self.out, r, state.get("answers", -1))
         return r, int(state.get("next_query", 0))
 
-    def _row(self, r: int, answers: int, metrics: dict, start: float, ft_seconds: float) -> dict:
+    def _row(self, r: int, answers: int, metrics: dict, start: float, ft_seconds: float,
+             stats: EpisodeStats | None = None) -> dict:
+        """One row of rounds.parquet; the episode trace (nan where none: round 0, the Ray loop, references)."""
+        trace = (stats or EpisodeStats()).row()
+        if stats is None:
+            trace = {k: float("nan") for k in trace}
         return {"round": r, "answers": answers, "strategy": self.job.strategy, "seed": self.job.seed,
                 **{k: float(v) for k, v in metrics.items()}, "finetune_seconds": round(ft_seconds, 2),
-                "elapsed_seconds": round(time.perf_counter() - start, 2)}
+                "elapsed_seconds": round(time.perf_counter() - start, 2), **{k: float(v) for k, v in trace.items()}}
 
     def _write_summary(self, result: LoopResult, splits: ReidSplits, pool: int, queries: int, budget: int) -> None:
         first, last = result.rounds[0], result.rounds[-1]
