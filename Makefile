@@ -6,7 +6,10 @@ STAMP  := $(VENV)/.reidloop-installed
 CONFIG ?= tune_configs/synthetic.yaml
 ARGS   ?=
 
-.PHONY: venv run test bench clean-runs
+CUHK01 ?= ../shared/data/cuhk01
+CUHK03 ?= ../shared/data/cuhk03
+
+.PHONY: venv run test bench bench-cuhk01 clean-runs
 
 venv: $(STAMP)
 
@@ -22,6 +25,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# The CUHK03 -> CUHK01 table (benchmarks/cuhk01_table.py): trains the CUHK03 source model once into
+# runs/cuhk03_source, then runs the rows whose results file is missing. ARGS="--rows ... --seeds ...".
+bench-cuhk01: $(STAMP)
+	$(PY) benchmarks/cuhk01_table.py --cuhk01 $(CUHK01) --cuhk03 $(CUHK03) $(ARGS)
 
 clean-runs:
 	rm -rf runs

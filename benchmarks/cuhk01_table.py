@@ -120,6 +120,23 @@ def source_model(cuhk03: str | None, runs: Path) -> Path:
     return path
 
 
+def record_source(source: Path, results_dir: Path) -> None:
+    """The source model's held-out CUHK03 curve and cost, beside the rows (once)."""
+    out = results_dir / "source_cuhk03.json"
+    folder = source.parent
+    if out.exists() or not (folder / "metrics.json").exists():
+        return
+    history = json.loads((folder / "history.json").read_text())
+    out.write_text(json.dumps({
+        "config_file": SOURCE, "metrics_on_cuhk03_val": json.loads((folder / "metrics.json").read_text()),
+        "curve": [{"epoch": h["epoch"] + 1, "train_accuracy": h["accuracy"], "loss": h["loss"],
+                   "images_per_s": h["images_per_s"], **({"val_" + k: v for k, v in h["held_out"].items()}
+                                                          if "held_out" in h else {})} for h in history],
+        "machine": machine(), "commit": commit(),
+        "date": datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime, timezone.utc).strftime("%Y-%m-%d"),
+    }, indent=1))
+
+
 def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
     spec = ROWS[row]
     key = row_key(row, kmax, seed)
@@ -244,6 +261,7 @@ def main() -> None:
         if not args.cuhk01:
             p.error("--cuhk01 FOLDER is needed to run rows (or pass --table-only)")
         source = source_model(args.cuhk03, Path(args.runs))
+        record_source(source, results_dir)
         for seed in args.seeds:
             for kmax in args.kmax:
                 for row in args.rows:
