@@ -121,6 +121,8 @@ class RayActiveLearningLoop(ActiveLearningLoop):
     """``ActiveLearningLoop`` on Ray: actors for agent, labelling and episodes; Ray Train; sharded embedding."""
 
     def __init__(self, job: LoopJob, progress: bool = True, on_round=None) -> None:
+        if job.dral.reward != "eq9":
+            raise ConfigError(f"dral.reward: {job.dral.reward!r} runs in one process for now (run_job --local)")
         if job.rounds != "queries":
             raise ConfigError(f"rounds: {job.rounds!r} runs in one process for now (run_job --local); "
                               "the Ray loop cuts rounds by queries")

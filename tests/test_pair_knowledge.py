@@ -107,3 +107,41 @@ def test_settled_batches_hold_the_queries_people_and_every_settled_pair():
 def test_knowledge_from_an_erring_log_skips_contradictions():
     k = PairKnowledge(3, [(0, 1, 1), (1, 2, 1), (0, 2, -1)], strict=False)
     assert k.conflicts == 1 and k.infer(0, 2) == 1
+
+
+@pytest.mark.parametrize("reward", ["eq9", "links"])
+def test_links_reward_pays_for_the_links_an_answer_establishes(reward):
+    """dral.reward=links: 1 per "same" answer plus 1 per candidate it shows to be the query's person."""
+    from reidloop.active.episodes import EpisodeStats, run_episode
+    from reidloop.config import DralConfig
+    from reidloop.dral.metric import EuclideanMetric
+    from reidloop.strategies.nearest import NearestStrategy
+
+    class Recording(NearestStrategy):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def observe(self, t):
+            self.seen.append((t.candidate, t.answer, t.reward))
+
+    labels = np.array([0, 0, 1, 0, 2, 1, 3])
+    features = np.arange(7, dtype=np.float32)[:, None]
+    knowledge = PairKnowledge(7, [(1, 3, 1)])  # 1 ~ 3 known before the episode (not about the query)
+    env = QueryEpisodeEnv.from_config(DralConfig(ns=6, kmax=3, kappa=3, reward=reward))
+
+    def answer(q, c, r, step):
+        y = 1 if labels[q] == labels[c] else -1
+        knowledge.add(q, c, y)
+        return y
+
+    strategy, stats = Recording(), EpisodeStats(gamma=0.9)
+    run_episode(env, strategy, 0, np.arange(1, 7), features, EuclideanMetric(), {}, answer, 1,
+                infer=knowledge.infer, stats=stats)
+    # nearest-first: 1 is "same" and settles 3 (1 ~ 3) for free; then 2 "different" (and 5 ~ 2 is unknown)
+    assert [(c, y) for c, y, _ in strategy.seen] == [(1, 1), (2, -1), (4, -1)]
+    if reward == "links":
+        assert [r for _, _, r in strategy.seen] == [2.0, 0.0, 0.0]
+    else:
+        assert stats.returns == [pytest.approx(sum(0.9 ** i * r for i, (_, _, r) in enumerate(strategy.seen)))]
+    assert (stats.questions, stats.same, stats.episodes) == (3, 1, 1)

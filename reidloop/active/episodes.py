@@ -100,11 +100,14 @@ def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates
         next_obs, reward, done, _, info = env.step_with_answer(a, y)
         ret += discount * float(reward)
         discount *= stats.gamma if stats is not None else 1.0
+        implied = {}
         if infer is not None and not done:
             implied = implied_answers(infer, int(query), candidates, info["action_mask"])
             if implied:
                 next_obs, info = env.reveal(implied)
                 done = not info["action_mask"].any()
+        if env.reward_kind == "links":  # the links this answer established, itself and by transitivity
+            reward = float(y > 0) + sum(v > 0 for v in implied.values())
         strategy.observe(Transition(obs, a, float(reward), next_obs, info["action_mask"], done, y, int(query), c))
         obs, mask = next_obs, info["action_mask"]
         if done:

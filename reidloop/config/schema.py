@@ -163,6 +163,11 @@ class DralConfig:
     # answer budget instead of `epsilon_decay_steps`, so the schedule fits the run (about 0.15: the agent
     # acts on its own after the first ~15% of its questions). None: `epsilon_decay_steps` as given.
     epsilon_decay_fraction: Optional[float] = None
+    # What the agent learns from. "eq9": the paper's hard-triplet uncertainty reward. "links" (not in the
+    # paper): what users want from an answer, the same-person links it establishes in the episode: 1 for
+    # a "same" answer plus 1 for every candidate it shows to be the query's person by transitivity
+    # (with infer_answers). The rounds' trace reports the Eq. 9 return either way. In-process loop only.
+    reward: Literal["eq9", "links"] = "eq9"
     replay_size: int = 20000
     batch_size: int = 64
     target_sync: int = 200  # learner steps between target-network copies (Eq. 10)

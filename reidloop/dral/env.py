@@ -74,7 +74,7 @@ class QueryEpisodeEnv(gymnasium.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, ns: int, kmax: int, kappa: int, thred: float, margin: float,
-                 answer_fn: Optional[AnswerFn] = None) -> None:
+                 answer_fn: Optional[AnswerFn] = None, reward: str = "eq9") -> None:
         if ns < 2:
             raise ValueError(f"ns must be >= 2, got {ns}")
         if not 1 <= kmax <= ns:
@@ -85,7 +85,10 @@ class QueryEpisodeEnv(gymnasium.Env):
             raise ValueError(f"thred must be in [0, 1], got {thred}")
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
+        if reward not in ("eq9", "links"):
+            raise ValueError(f"reward must be 'eq9' or 'links', got {reward!r}")
         self.ns, self.kmax, self.kappa, self.thred, self.margin = ns, kmax, kappa, thred, margin
+        self.reward_kind = reward  # what the agent learns from; ``step`` always returns Eq. 9 (see run_episode)
         self.answer_fn = answer_fn
         self.observation_space = spaces.Box(-1.0, 1.0, shape=((ns + 1) ** 2 + ns,), dtype=np.float32)
         self.action_space = spaces.Discrete(ns)
@@ -102,7 +105,7 @@ class QueryEpisodeEnv(gymnasium.Env):
     @classmethod
     def from_config(cls, cfg: DralConfig, answer_fn: Optional[AnswerFn] = None) -> "QueryEpisodeEnv":
         """Build from ``DralConfig`` (ns, kmax, kappa, thred, margin)."""
-        return cls(cfg.ns, cfg.kmax, cfg.kappa, cfg.thred, cfg.margin, answer_fn=answer_fn)
+        return cls(cfg.ns, cfg.kmax, cfg.kappa, cfg.thred, cfg.margin, answer_fn=answer_fn, reward=cfg.reward)
 
     # ------------------------------------------------------------------ reset
     def _parse_options(self, options: dict[str, Any]) -> dict[str, Any]:
