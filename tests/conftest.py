@@ -39,3 +39,17 @@ def synthetic_tiny(tmp_path_factory):
 
     cfg = SyntheticConfig(train_ids=12, test_ids=6, images_per_camera=2, height=32, width=16, seed=0)
     return synthetic_splits(cfg, str(tmp_path_factory.mktemp("synthetic")))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained resnet18 checkpoint (the loop's mechanics do not need a good model)."""
+    import torch
+
+    from reidloop.config import ModelConfig
+    from reidloop.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
+    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0))
+    return str(path)

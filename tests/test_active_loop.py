@@ -10,19 +10,7 @@ import pytest
 from reidloop.active.finetune import components, pair_batches
 from reidloop.active.loop import ActiveLearningLoop, ResumeDiverged, round_slices
 from reidloop.answer_log import AnswerLog
-from reidloop.config import LoopJob, ModelConfig, load_config
-from reidloop.models import build_model, save_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    """An untrained resnet18 checkpoint (the loop's mechanics do not need a good model)."""
-    import torch
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
-    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0))
-    return str(path)
+from reidloop.config import LoopJob, load_config
 
 
 def tiny_job(out, checkpoint, cache, **over) -> LoopJob:

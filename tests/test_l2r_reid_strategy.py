@@ -4,16 +4,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from reidloop.active.loop import ActiveLearningLoop
-from reidloop.config import DralConfig, LoopJob, ModelConfig, load_config
+from reidloop.config import DralConfig, LoopJob, load_config
 from reidloop.config.l2r import L2RReidConfig
 from reidloop.dral.env import QueryEpisodeEnv
 from reidloop.dral.metric import EuclideanMetric
 from reidloop.l2r.sorter import spearman
-from reidloop.models import build_model, save_checkpoint
 from reidloop.strategies import RoundContext, Transition, build_strategy
 from reidloop.strategies.l2r import L2RStrategy, pair_distances
 
@@ -100,14 +98,6 @@ def test_learns_online_and_its_state_round_trips(tmp_path):
     fresh.load_state_dict(torch.load(tmp_path / "strategy.pt", weights_only=True))
     fresh.begin_round(RoundContext(2, f, EuclideanMetric(), np.empty((0, 2), np.int64), np.empty((0, 2), np.int64)))
     assert np.allclose(fresh.predicted_losses(env), s.predicted_losses(env))  # too few answers: no refit
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
-    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0))
-    return str(path)
 
 
 def test_l2r_runs_in_the_loop_on_synthetic_data(tmp_path, tiny_checkpoint):

@@ -82,6 +82,21 @@ def test_config_refuses_a_warm_start_without_labelled_identities(tmp_path):
         tiny_job(tmp_path, "some.pt", tmp_path / "cache", **{"dral.warmstart_passes": 1})
     with pytest.raises(ConfigError, match="warmstart_passes: -1"):
         DralConfig(warmstart_passes=-1)
+    with pytest.raises(ConfigError, match="warmstart_root.*go together"):
+        tiny_job(tmp_path, "some.pt", tmp_path / "cache", warmstart_dataset="cuhk03")
+
+
+def test_a_run_from_a_checkpoint_warms_up_on_another_labelled_set(tmp_path, tiny_checkpoint):
+    """With `checkpoint`, the agent warms up on the train split of `warmstart_dataset` (capped identities)."""
+    source = tmp_path / "source"  # another synthetic set stands in for CUHK03 (same reader path)
+    job = tiny_job(tmp_path / "run", tiny_checkpoint, tmp_path / "cache", warmstart_dataset="synthetic",
+                   warmstart_root=str(source), warmstart_max_ids=5, **{"dral.warmstart_passes": 1})
+    loop = ActiveLearningLoop(job, progress=False)
+    result = loop.run()
+    stats = json.loads((tmp_path / "run" / "warmstart.json").read_text())
+    assert stats["questions"] > 0 and len({r.pid for r in loop.labelled}) == 5
+    assert all(str(source) in r.path for r in loop.labelled)  # not the pool's own images
+    assert len(answered(tmp_path / "run")[0]) == result.answers  # the warm-up spent no answer
 
 
 PRETRAIN = {"pretrain.epochs": 1, "pretrain.ids_per_batch": 2, "pretrain.images_per_id": 2,

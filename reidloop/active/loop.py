@@ -177,6 +177,8 @@ class ActiveLearningLoop:
         if job.checkpoint:
             model, _ = load_checkpoint(job.checkpoint)
             pool = list(splits.train)
+            if job.warmstart_root is not None and job.dral.warmstart_passes:
+                self.labelled = self._warmstart_source()
         else:
             # the split is a property of the data (data.seed); job.seed varies the active-learning randomness
             self.labelled, pool = split_identities(splits.train, job.pretrain_fraction, seed=job.data.seed)
@@ -185,6 +187,17 @@ class ActiveLearningLoop:
             raise ValueError(f"dral.ns={job.dral.ns} must be smaller than the unlabelled pool "
                              f"({len(pool)} images of {splits.name})")
         return splits, pool, model
+
+    def _warmstart_source(self) -> list[ImageRecord]:
+        """The labelled images the agent warms up on when the run starts from a checkpoint."""
+        job = self.job
+        source = replace(job.data, dataset=job.warmstart_dataset, root=job.warmstart_root)
+        records = list(build_splits(source, cache_dir=job.warmstart_root).train)
+        pids = np.unique([r.pid for r in records])
+        if job.warmstart_max_ids is not None and job.warmstart_max_ids < len(pids):
+            keep = set(np.random.default_rng(job.data.seed).choice(pids, job.warmstart_max_ids, replace=False).tolist())
+            records = [r for r in records if r.pid in keep]
+        return records
 
     def _pretrained(self, labelled: Sequence[ImageRecord]) -> torch.nn.Module:
         path = self.out / "pretrained.pt"

@@ -294,6 +294,13 @@ class LoopJob:
     # `finetune.every` of `oracle.budget` answers, whatever the strategy, so every strategy's curve has
     # points at the same answer counts (the query order is browsed until the budget is spent).
     rounds: Literal["queries", "answers"] = "queries"
+    # With `checkpoint` there are no labelled pre-training identities of the pool's set; the agent's
+    # warm-up (dral.warmstart_passes) can browse another labelled set instead: the train split of
+    # `warmstart_dataset` at `warmstart_root` (e.g. the CUHK03 the checkpoint was trained on), at most
+    # `warmstart_max_ids` of its identities (drawn with data.seed; None: all).
+    warmstart_dataset: Optional[str] = None
+    warmstart_root: Optional[str] = None
+    warmstart_max_ids: Optional[int] = None
     output_dir: str = "runs/loop"
     seed: int = 0
 
@@ -305,6 +312,13 @@ class LoopJob:
         _check(self.rounds in ("queries", "answers"), "rounds", self.rounds, "must be 'queries' or 'answers'")
         _check(self.rounds == "queries" or (self.oracle.budget or 0) > 0, "oracle.budget", self.oracle.budget,
                "must be set (> 0) with rounds: answers (the rounds are cut at fractions of it)")
-        _check(self.checkpoint is None or self.dral.warmstart_passes == 0, "dral.warmstart_passes",
-               self.dral.warmstart_passes, "needs the labelled pre-training identities; a run from `checkpoint` "
-               "has none (set it to 0 or pre-train with pretrain_fraction)")
+        _check(self.warmstart_dataset is None or self.warmstart_dataset in DATASETS, "warmstart_dataset",
+               self.warmstart_dataset, f"is not one of {list(DATASETS)}")
+        _check((self.warmstart_dataset is None) == (self.warmstart_root is None), "warmstart_root",
+               self.warmstart_root, "and warmstart_dataset go together (a labelled set for the agent's warm-up)")
+        _check(self.warmstart_max_ids is None or self.warmstart_max_ids >= 2, "warmstart_max_ids",
+               self.warmstart_max_ids, "must be >= 2")
+        _check(self.checkpoint is None or self.dral.warmstart_passes == 0 or self.warmstart_root is not None,
+               "dral.warmstart_passes", self.dral.warmstart_passes,
+               "needs labelled identities; a run from `checkpoint` has none of its own: give "
+               "warmstart_dataset and warmstart_root (e.g. the set the checkpoint was trained on), or set it to 0")
