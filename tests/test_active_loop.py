@@ -253,4 +253,6 @@ def test_rounds_record_the_episode_trace(tmp_path, tiny_checkpoint):
         assert sum(r["same_answers"] for r in rows[1:]) == sum(a > 0 for a in answers)
         assert all(np.isfinite(r["mean_return"]) for r in rows[1:]) and np.isnan(rows[0]["mean_return"])
         traces[strategy] = [r["share_not_nearest"] for r in rows[1:]]
+        links = [r["links_settled"] for r in rows]
+        assert links[0] == 0 and links == sorted(links) and 0 < links[-1] <= 1
     assert traces["nearest"] == [0.0, 0.0] and min(traces["farthest"]) > 0.5

@@ -145,3 +145,15 @@ def test_links_reward_pays_for_the_links_an_answer_establishes(reward):
     else:
         assert stats.returns == [pytest.approx(sum(0.9 ** i * r for i, (_, _, r) in enumerate(strategy.seen)))]
     assert (stats.questions, stats.same, stats.episodes) == (3, 1, 1)
+
+
+def test_settled_link_share_counts_same_person_pairs_settled_by_transitivity():
+    from reidloop.active.loop import settled_link_share
+
+    pids = np.array([0, 0, 0, 1, 1, 2])
+    ask = lambda *rows: tuple(np.array(col) for col in zip(*rows)) if rows else (np.empty(0, int),) * 3  # noqa: E731
+    assert settled_link_share(ask(), pids) == 0.0
+    # 0~1 and 1~2 settle all three pairs of person 0 (0~2 by transitivity); person 1's pair is open: 3 / 4
+    assert settled_link_share(ask((0, 1, 1), (1, 2, 1), (2, 3, -1)), pids) == pytest.approx(0.75)
+    # an erring "same" between two people settles no true link
+    assert settled_link_share(ask((0, 5, 1)), pids) == 0.0

@@ -64,6 +64,19 @@ def answered_pairs(log_table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 
+def settled_link_share(answered: tuple, pids: np.ndarray) -> float:
+    """Share of the pool's same-person pairs that the answers settle (directly or by transitivity).
+
+    A measurement only: it reads the true identities, which no strategy ever sees.
+    """
+    q, c, y = answered
+    roots = PairKnowledge(len(pids), zip(q.tolist(), c.tolist(), y.tolist()), strict=False).roots()
+    _, per_pid = np.unique(pids, return_counts=True)
+    _, per_group = np.unique(np.stack([pids, roots], 1), axis=0, return_counts=True)
+    total = float((per_pid * (per_pid - 1) // 2).sum())
+    return float((per_group * (per_group - 1) // 2).sum()) / total if total else float("nan")
+
+
 # ------------------------------------------------------------------- resuming
 class ResumeDiverged(RuntimeError):
     """A resumed run asked something else than the interrupted run had asked at that point."""
@@ -250,7 +263,7 @@ class ActiveLearningLoop:
                         seed=self.job.seed + round_, queries=q_all, candidates=c_all, answers=y_all,
                         pool_labels=pids, truth=truth)
 
-    def training_pairs(self, strategy: Strategy, answer_log: AnswerLog, features: np.ndarray, pids: np.ndarray,
+    def training_pairs(self, strategy: Strategy, answered: tuple, features: np.ndarray, pids: np.ndarray,
                        browsed: np.ndarray) -> tuple[str, tuple, np.ndarray | None]:
         """(mode, (queries, candidates, answers), truth) of this round's fine-tune.
 
@@ -260,7 +273,7 @@ class ActiveLearningLoop:
         """
         if strategy.finetune == "full" and self.job.finetune.upperbound == "learners":
             return "pairs", upperbound_pairs(features, pids, browsed, self.job.dral.kmax), pids
-        return strategy.finetune, answered_pairs(answer_log.read()), None
+        return strategy.finetune, answered, None
 
     def warm_start(self, strategy: Strategy, features: np.ndarray, pids: np.ndarray) -> WarmStartStats:
         """Warm the agent up on the labelled images (``dral.warmstart_passes``; the Ray loop runs it in the actor)."""
@@ -323,7 +336,8 @@ class ActiveLearningLoop:
             self._warm_start_once(model, strategy)
         if done_round == 0 and not result.rounds:
             metrics = self.evaluate(model, splits)
-            result.rounds.append(self._row(0, 0, metrics, start, 0.0))  # (a resumed round 1 has answers logged)
+            result.rounds.append({**self._row(0, 0, metrics, start, 0.0),  # (a resumed round 1 has answers logged)
+                                  "links_settled": 0.0})
             log.info("round 0 (pre-trained): %s", format_metrics({job.strategy: metrics}).splitlines()[1])
         features = self.embed(model, pool, "pool")
         slices = round_slices(len(order), job.finetune.every)
@@ -370,14 +384,16 @@ class ActiveLearningLoop:
                                          "replayed; was the config or code changed between the runs?")
                 result.replayed_answers += replaying.replayed
             answer_log.flush()
+            answered_now = answered_pairs(answer_log.read())  # the log, read once for what follows
             ft_seconds = 0.0
             if strategy.finetune != "none":
-                mode, pairs, truth = self.training_pairs(strategy, answer_log, features, pids, order[:cursor])
+                mode, pairs, truth = self.training_pairs(strategy, answered_now, features, pids, order[:cursor])
                 stats = self.finetune(model, pool, mode, r, pairs, pids, truth)
                 ft_seconds = stats.seconds
                 features = self.embed(model, pool, "pool")  # the new CNN re-initialises the states
             metrics = self.evaluate(model, splits)
-            result.rounds.append(self._row(r, oracle.used, metrics, start, ft_seconds, self.round_stats))
+            result.rounds.append({**self._row(r, oracle.used, metrics, start, ft_seconds, self.round_stats),
+                                  "links_settled": settled_link_share(answered_now, pids)})
             log.info("round %d: %d answers  %s", r, oracle.used,
                      format_metrics({job.strategy: metrics}).splitlines()[1])
             self._save_state(r, model, strategy, result, oracle.used, cursor)
