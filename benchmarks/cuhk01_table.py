@@ -157,9 +157,10 @@ def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
     result = ActiveLearningLoop(job, progress=not args.quiet).run()
     wall = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text())
+    browsed = json.loads((out / "state.json").read_text()).get("next_query")
     return {"key": key, "row": row, "label": spec.label, "note": spec.note, "config_file": spec.config,
             "kmax": kmax, "seed": seed, "budget": summary["budget"], "pool_images": summary["pool_images"], "answers": result.answers,
-            "rounds": result.rounds, "final": {k: result.final()[k] for k in (*METRICS, "mINP")},
+            "queries_browsed": browsed, "rounds": result.rounds, "final": {k: result.final()[k] for k in (*METRICS, "mINP")},
             "wall_seconds": round(wall, 1), "resumed": result.resumed_from_round is not None,
             "config": to_dict(job), "commit": commit(), "machine": machine(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "overrides": overrides}
@@ -202,18 +203,20 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     groups: dict[tuple[str, int], list[dict]] = {}
     for (row, k, _), r in sorted(by.items(), key=lambda kv: (list(ROWS).index(kv[0][0]), kv[0][1], kv[0][2])):
         groups.setdefault((row, k), []).append(r)
-    lines = ["| row | Kmax | seeds | answers | mAP | rank-1 | rank-5 | rank-10 | gap closed | mAP@1n | mAP@2n "
+    lines = ["| row | Kmax | seeds | answers | queries | mAP | rank-1 | rank-5 | rank-10 | gap closed | mAP@1n | mAP@2n "
              "| mean mAP 0-2n | answers to 50% | answers to 80% | min / run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     records = []
     for (row, k), rs in groups.items():
         cols = [equal_answer_columns(r, base.get(r["seed"]), upper.get((k, r["seed"])), n) for r in rs]
         rec = {"row": row, "label": rs[0]["label"], "kmax": k, "seeds": [r["seed"] for r in rs],
-               "answers": [r["answers"] for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
+               "answers": [r["answers"] for r in rs],
+               "queries": [None if row == "baseline" else r.get("queries_browsed") for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
                **{c: [col[c] for col in cols] for c in cols[0]}, "wall_seconds": [r["wall_seconds"] for r in rs]}
         records.append(rec)
         lines.append(
             f"| {rec['label']} | {k} | {','.join(map(str, rec['seeds']))} | {_fmt(rec['answers'], 1, 0)} "
+            f"| {_fmt(rec['queries'], 1, 0)} "
             f"| {_fmt(rec['mAP'])} | {_fmt(rec['rank1'])} | {_fmt(rec['rank5'])} | {_fmt(rec['rank10'])} "
             f"| {_fmt(rec['closure'])} | {_fmt(rec['mAP@1n'])} | {_fmt(rec['mAP@2n'])} "
             f"| {_fmt(rec['mean_mAP_0_2n'])} | {_fmt(rec['answers_to_50pct'], 1, 0)} "
@@ -233,12 +236,16 @@ def plot_curves(results: list[dict], path: Path, kmax: int) -> None:
         rs = [r for r in results if r["row"] == row and r["kmax"] == kmax]
         if not rs:
             continue
+        if row in ("baseline", "upperbound"):  # no curve against answers: a level line at the mean
+            level = 100 * np.mean([r["final"]["mAP"] for r in rs])
+            ax.axhline(level, ls="--", color="grey" if row == "baseline" else "black", lw=1,
+                       label=f"{ROWS[row].label} {level:.1f} ({len(rs)} seed{'s' * (len(rs) > 1)})")
+            continue
         top = min(r["rounds"][-1]["answers"] for r in rs)
         grid = np.unique(np.concatenate([[p["answers"] for p in r["rounds"] if p["answers"] <= top] for r in rs]))
         ys = np.array([[value_at([p["answers"] for p in r["rounds"]], [p["mAP"] for p in r["rounds"]], x)
                         for x in grid] for r in rs], dtype=float) * 100
-        line, = ax.plot(grid, ys.mean(0), "o-" if row not in ("baseline", "upperbound") else "--",
-                        label=f"{ROWS[row].label} ({len(rs)} seed{'s' * (len(rs) > 1)})")
+        line, = ax.plot(grid, ys.mean(0), "o-", label=f"{ROWS[row].label} ({len(rs)} seed{'s' * (len(rs) > 1)})")
         if len(rs) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("answers used (human verifications)")
@@ -288,6 +295,10 @@ def main() -> None:
                     print(f"{path.name}: {res['answers']} answers, mAP {100 * res['final']['mAP']:.2f}, "
                           f"rank-1 {100 * res['final']['rank1']:.2f}, {res['wall_seconds'] / 60:.1f} min", flush=True)
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*_k*_s*.json"))]
+    for res in results:  # results written before the field existed: from the run folder, when present
+        state = Path(args.runs) / "cuhk01" / res["key"] / "state.json"
+        if res.get("queries_browsed") is None and state.exists():
+            res["queries_browsed"] = json.loads(state.read_text()).get("next_query")
     if not results:
         print(f"no results in {results_dir}")
         return

@@ -33,6 +33,8 @@ def test_mean_up_to_is_the_area_under_the_curve_per_answer():
     # up to 200: 40 + 100 * (0.50 + 0.55) / 2 = 92.5 -> 92.5 / 200
     assert mean_up_to(X, Y, 200) == pytest.approx(0.4625)
     assert mean_up_to(X, Y, 400) is None  # the run stopped at 300
+    # a round that asked nothing at the end (same answer count twice): the area ends at the first of them
+    assert mean_up_to([0, 100, 100], [0.3, 0.5, 0.7], 100) == pytest.approx(0.4)
     # reaching the same final value earlier scores higher
     assert mean_up_to([0, 100, 300], [0.3, 0.6, 0.6], 300) > mean_up_to(X, Y, 300)
 

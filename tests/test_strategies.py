@@ -212,8 +212,9 @@ def test_a_restored_strategy_makes_the_same_choices(name):
     buf.seek(0)
     t = build_strategy(name, DralConfig(), seed=1)
     t.load_state_dict(torch.load(buf, weights_only=True))  # as the loop reloads it
-    if name == "qbc":
-        t.features = s.features  # the round's input, not state: the loop gives it with begin_round
+    if name in ("qbc", "qiu"):  # the round's input, not state: the loop gives it with begin_round
+        t.features = s.features
+        t.metric = getattr(s, "metric", None)
     assert [play(t, q) for q in (3, 6)] == [play(s, q) for q in (3, 6)]  # mid-round: the state decides
     # the loop's resume: restore, then begin the next round on the answers so far
     nxt = ctx(RT_F * 1.5, pos=[(0, 1), (3, 4)], neg=[(0, 3), (6, 9)])

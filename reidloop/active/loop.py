@@ -371,7 +371,10 @@ class ActiveLearningLoop:
                 share = round(r * budget / len(slices)) - round((r - 1) * budget / len(slices))
                 browsed = min(len(queries), -(-share // job.dral.kmax)) if by_answers else len(queries)
             elif asker.remaining:
-                browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge)
+                try:
+                    browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge)
+                except BudgetExhausted:  # an ask_round that does not count what it browsed (the Ray loop's)
+                    browsed = None
                 browsed = len(queries) if browsed is None else browsed
             else:
                 browsed = 0

@@ -54,8 +54,10 @@ def mean_up_to(answers: Sequence[float], values: Sequence[float], upto: float) -
     if upto <= 0 or ax[0] != 0 or upto > ax[-1]:
         return None
     keep = ax < upto
+    i = int(np.searchsorted(ax, upto, side="left"))  # the curve's left limit at upto: its first point there
+    end = float(ay[i]) if ax[i] == upto else value_at(ax, ay, upto)
     xs = np.concatenate([ax[keep], [upto]])
-    ys = np.concatenate([ay[keep], [value_at(ax, ay, upto)]])
+    ys = np.concatenate([ay[keep], [end]])
     return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / upto)
 
 

@@ -33,7 +33,8 @@ class QIUStrategy(Strategy):
         self.d = np.empty(0)  # distances of the answered pairs (the round's metric)
         self.y = np.empty(0)  # 1 "same", 0 "different"
         self.coef: np.ndarray | None = None  # (a, b); None until both answer kinds exist
-        self.row = np.empty(0)  # the current episode's query-candidate distances (for observe)
+        self.features: np.ndarray | None = None  # the round's pool features and metric (begin_round)
+        self.metric = None
 
     @property
     def boundary(self) -> float | None:
@@ -43,6 +44,7 @@ class QIUStrategy(Strategy):
         return float(-self.coef[0] / self.coef[1])
 
     def begin_round(self, ctx: RoundContext) -> None:
+        self.features, self.metric = ctx.features, ctx.metric  # to measure each answered pair in observe
         dp = _pair_distances(ctx.metric, ctx.features, ctx.pos_pairs)
         dn = _pair_distances(ctx.metric, ctx.features, ctx.neg_pairs)
         self.d, self.y = np.concatenate([dp, dn]), np.concatenate([np.ones(len(dp)), np.zeros(len(dn))])
@@ -50,13 +52,14 @@ class QIUStrategy(Strategy):
         self._fit()
 
     def select(self, env, obs: np.ndarray, mask: np.ndarray) -> int:
-        self.row = np.asarray(env.distances[0, 1:], dtype=np.float64).copy()
+        row = np.asarray(env.distances[0, 1:], dtype=np.float64)
         if self.coef is None:
-            return masked_argmax(-self.row, mask)  # nearest-first
-        return masked_argmax(-np.abs(self.coef[0] + self.coef[1] * self.row), mask)
+            return masked_argmax(-row, mask)  # nearest-first
+        return masked_argmax(-np.abs(self.coef[0] + self.coef[1] * row), mask)
 
     def observe(self, t) -> None:
-        self.d = np.append(self.d, self.row[t.action])
+        # measured from the transition itself: on Ray, several episodes select before any observes
+        self.d = np.append(self.d, _pair_distances(self.metric, self.features, np.array([[t.query, t.candidate]])))
         self.y = np.append(self.y, 1.0 if t.answer > 0 else 0.0)
         self._fit()
 
@@ -66,12 +69,11 @@ class QIUStrategy(Strategy):
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "d": torch.from_numpy(self.d.copy()), "y": torch.from_numpy(self.y.copy()),
-                "coef": None if self.coef is None else torch.from_numpy(self.coef.copy()),
-                "row": torch.from_numpy(self.row.copy())}
+                "coef": None if self.coef is None else torch.from_numpy(self.coef.copy())}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.d, self.y, self.row = state["d"].numpy().copy(), state["y"].numpy().copy(), state["row"].numpy().copy()
+        self.d, self.y = state["d"].numpy().copy(), state["y"].numpy().copy()
         self.coef = None if state["coef"] is None else state["coef"].numpy().copy()
 
 
