@@ -189,7 +189,11 @@ def make_tuner(sweep: Sweep, resume: bool, verbose: int = 1):
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=c.name, storage_path=c.storage_path, verbose=verbose,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # Keep every round checkpoint: with num_to_keep, a driver killed after Tune pruned a checkpoint
+            # but before its next experiment-state snapshot resumes with a manager that still lists the
+            # pruned one, and the next prune fails on the missing folder (FileNotFoundError, seen in CI).
+            # A trial's checkpoint is its small loop folder; the loop folder itself is the resume point.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=c.max_failures)),
     )
 
