@@ -224,6 +224,31 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     return "\n".join(lines), records
 
 
+def trace_table(results: list[dict]) -> tuple[str, list[dict]]:
+    """What each asking row's questions did, over its whole run, per seed: "same" answers, the mean Eq. 9
+    return per episode (discounted with the agent's gamma), the share of questions that skipped a nearer
+    open candidate, and the share of the pool's same-person links settled at the end."""
+    lines = ["| row | Kmax | seed | questions | same answers | mean Eq. 9 return / episode | skipped a nearer one "
+             "| links settled |", "|---|---|---|---|---|---|---|---|"]
+    records = []
+    for res in sorted(results, key=lambda r: (list(ROWS).index(r["row"]), r["kmax"], r["seed"])):
+        rounds = [r for r in res["rounds"][1:] if r.get("episodes") == r.get("episodes")]  # nan: no trace
+        if res["row"] in ("baseline", "upperbound") or not rounds or "episodes" not in rounds[0]:
+            continue
+        episodes = sum(r["episodes"] for r in rounds)
+        questions = sum(r["questions"] for r in rounds)
+        rec = {"row": res["row"], "kmax": res["kmax"], "seed": res["seed"], "questions": int(questions),
+               "same": int(sum(r["same_answers"] for r in rounds)),
+               "mean_return": sum(r["mean_return"] * r["episodes"] for r in rounds) / max(episodes, 1),
+               "not_nearest": sum(r["share_not_nearest"] * r["questions"] for r in rounds) / max(questions, 1),
+               "links_settled": res["rounds"][-1].get("links_settled")}
+        records.append(rec)
+        links = "-" if rec["links_settled"] is None else f"{100 * rec['links_settled']:.1f}%"
+        lines.append(f"| {res['label']} | {rec['kmax']} | {rec['seed']} | {rec['questions']} | {rec['same']} "
+                     f"| {rec['mean_return']:.3f} | {100 * rec['not_nearest']:.1f}% | {links} |")
+    return "\n".join(lines), records
+
+
 def plot_curves(results: list[dict], path: Path, kmax: int) -> None:
     """mAP against answers used, one line per row (mean over seeds at shared answer counts), seeds' range shaded."""
     import matplotlib
@@ -304,9 +329,10 @@ def main() -> None:
         return
     n = results[0]["pool_images"]  # learning images of a CUHK01 split: 485 identities x 4 = 1,940
     table, records = build_table(results, n)
-    print(table)
-    (results_dir / "table.md").write_text(table + "\n")
-    (results_dir / "table.json").write_text(json.dumps(records, indent=1))
+    traces, trace_records = trace_table(results)
+    print(table, traces, sep="\n\n")
+    (results_dir / "table.md").write_text(table + "\n\n" + traces + "\n")
+    (results_dir / "table.json").write_text(json.dumps({"rows": records, "traces": trace_records}, indent=1))
     for kmax in sorted({r["kmax"] for r in results}):
         plot_curves(results, results_dir / f"curves_k{kmax}.png", kmax)
     print(f"wrote {results_dir}/table.md, table.json, curves_k*.png")
