@@ -18,8 +18,9 @@ a fine-tune after every quarter of it), so strategies are compared at equal answ
 "paper" run DRAL's Algorithm 1 as published (``tune_configs/cuhk01_paper.yaml``). The split seed sets
 both the CUHK01 identity split and the run's own randomness (query order, agent, fine-tune).
 Equal-answer columns: mAP at 1n and 2n answers, the mean mAP over [0, 2n] answers (area under the curve
-/ 2n), and the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
-same split (linear between rounds; "-" when the run never got there).
+/ 2n), the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
+same split, and the answers needed to reach Random's mAP at 2n answers on the same split (linear
+between rounds; "-" when the run never got there).
 """
 from __future__ import annotations
 
@@ -167,16 +168,19 @@ def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the table
-def equal_answer_columns(res: dict, base: float | None, upper: float | None, n: int) -> dict:
-    """mAP at 1n / 2n answers, mean mAP over [0, 2n], answers to 50% / 80% gap closure (none for references)."""
+def equal_answer_columns(res: dict, base: float | None, upper: float | None, n: int,
+                         random_end: float | None = None) -> dict:
+    """mAP at 1n / 2n answers, mean mAP over [0, 2n], answers to 50% / 80% gap closure and to Random's
+    mAP at 2n answers of the same seed (none for the references, which ask nothing)."""
     if res["row"] in ("baseline", "upperbound"):  # they ask nothing: no curve against answers
         closure = gap_closure(res["final"]["mAP"], base, upper) if (
             base is not None and upper is not None and upper > base) else None
         return {"mAP@1n": None, "mAP@2n": None, "mean_mAP_0_2n": None, "answers_to_50pct": None,
-                "answers_to_80pct": None, "closure": closure}
+                "answers_to_80pct": None, "answers_to_random_2n": None, "closure": closure}
     x = [r["answers"] for r in res["rounds"]]
     y = [r["mAP"] for r in res["rounds"]]
-    cols = {"mAP@1n": value_at(x, y, n), "mAP@2n": value_at(x, y, 2 * n), "mean_mAP_0_2n": mean_up_to(x, y, 2 * n)}
+    cols = {"mAP@1n": value_at(x, y, n), "mAP@2n": value_at(x, y, 2 * n), "mean_mAP_0_2n": mean_up_to(x, y, 2 * n),
+            "answers_to_random_2n": None if random_end is None else answers_to_reach(x, y, random_end)}
     for frac in (0.5, 0.8):
         ok = base is not None and upper is not None and upper > base
         cols[f"answers_to_{int(frac * 100)}pct"] = answers_to_reach(x, y, base + frac * (upper - base)) if ok else None
@@ -200,15 +204,18 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     by = {(r["row"], r["kmax"], r["seed"]): r for r in results}
     base = {s: r["final"]["mAP"] for (row, _, s), r in by.items() if row == "baseline"}
     upper = {(k, s): r["final"]["mAP"] for (row, k, s), r in by.items() if row == "upperbound"}
+    random_2n = {(k, s): value_at([p["answers"] for p in r["rounds"]], [p["mAP"] for p in r["rounds"]], 2 * n)
+                 for (row, k, s), r in by.items() if row == "random"}
     groups: dict[tuple[str, int], list[dict]] = {}
     for (row, k, _), r in sorted(by.items(), key=lambda kv: (list(ROWS).index(kv[0][0]), kv[0][1], kv[0][2])):
         groups.setdefault((row, k), []).append(r)
     lines = ["| row | Kmax | seeds | answers | queries | mAP | rank-1 | rank-5 | rank-10 | gap closed | mAP@1n | mAP@2n "
-             "| mean mAP 0-2n | answers to 50% | answers to 80% | min / run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mean mAP 0-2n | answers to 50% | answers to 80% | answers to Random's 2n mAP | min / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     records = []
     for (row, k), rs in groups.items():
-        cols = [equal_answer_columns(r, base.get(r["seed"]), upper.get((k, r["seed"])), n) for r in rs]
+        cols = [equal_answer_columns(r, base.get(r["seed"]), upper.get((k, r["seed"])), n,
+                                     random_2n.get((k, r["seed"]))) for r in rs]
         rec = {"row": row, "label": rs[0]["label"], "kmax": k, "seeds": [r["seed"] for r in rs],
                "answers": [r["answers"] for r in rs],
                "queries": [None if row == "baseline" else r.get("queries_browsed") for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
@@ -220,7 +227,8 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
             f"| {_fmt(rec['mAP'])} | {_fmt(rec['rank1'])} | {_fmt(rec['rank5'])} | {_fmt(rec['rank10'])} "
             f"| {_fmt(rec['closure'])} | {_fmt(rec['mAP@1n'])} | {_fmt(rec['mAP@2n'])} "
             f"| {_fmt(rec['mean_mAP_0_2n'])} | {_fmt(rec['answers_to_50pct'], 1, 0)} "
-            f"| {_fmt(rec['answers_to_80pct'], 1, 0)} | {_fmt(rec['wall_seconds'], 1 / 60, 1)} |")
+            f"| {_fmt(rec['answers_to_80pct'], 1, 0)} | {_fmt(rec['answers_to_random_2n'], 1, 0)} "
+            f"| {_fmt(rec['wall_seconds'], 1 / 60, 1)} |")
     return "\n".join(lines), records
 
 
