@@ -236,8 +236,8 @@ def trace_table(results: list[dict]) -> tuple[str, list[dict]]:
     """What each asking row's questions did, over its whole run, per seed: "same" answers, the mean Eq. 9
     return per episode (discounted with the agent's gamma), the share of questions that skipped a nearer
     open candidate, and the share of the pool's same-person links settled at the end."""
-    lines = ["| row | Kmax | seed | questions | same answers | mean Eq. 9 return / episode | skipped a nearer one "
-             "| links settled |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | Kmax | seed | questions | same answers | mean Eq. 9 return / episode | mean Eq. 9 reward "
+             "/ question | skipped a nearer one | links settled |", "|---|---|---|---|---|---|---|---|---|"]
     records = []
     for res in sorted(results, key=lambda r: (list(ROWS).index(r["row"]), r["kmax"], r["seed"])):
         rounds = [r for r in res["rounds"][1:] if r.get("episodes") == r.get("episodes")]  # nan: no trace
@@ -249,11 +249,17 @@ def trace_table(results: list[dict]) -> tuple[str, list[dict]]:
                "same": int(sum(r["same_answers"] for r in rounds)),
                "mean_return": sum(r["mean_return"] * r["episodes"] for r in rounds) / max(episodes, 1),
                "not_nearest": sum(r["share_not_nearest"] * r["questions"] for r in rounds) / max(questions, 1),
-               "links_settled": res["rounds"][-1].get("links_settled")}
+               "links_settled": res["rounds"][-1].get("links_settled"),
+               "mean_reward": sum(r["mean_reward"] * r["questions"] for r in rounds) / max(questions, 1)
+               if "mean_reward" in rounds[0] else None}
+        if "mean_reward" not in rounds[0] and res["config"]["dral"]["gamma"] != 0.9:
+            rec["mean_return"] = None  # traced before the return was discounted by 0.9 for every row
         records.append(rec)
         links = "-" if rec["links_settled"] is None else f"{100 * rec['links_settled']:.1f}%"
+        ret = "-" if rec["mean_return"] is None else f"{rec['mean_return']:.3f}"
+        reward = "-" if rec["mean_reward"] is None else f"{rec['mean_reward']:.3f}"
         lines.append(f"| {res['label']} | {rec['kmax']} | {rec['seed']} | {rec['questions']} | {rec['same']} "
-                     f"| {rec['mean_return']:.3f} | {100 * rec['not_nearest']:.1f}% | {links} |")
+                     f"| {ret} | {reward} | {100 * rec['not_nearest']:.1f}% | {links} |")
     return "\n".join(lines), records
 
 

@@ -60,7 +60,8 @@ class EpisodeStats:
     """What a round's episodes did, whatever the strategy: a trace to compare strategies by.
 
     ``returns``: the Eq. 9 return of each episode that asked something, discounted by ``gamma`` (the
-    objective DRAL's agent maximises); ``not_nearest``: questions that skipped a nearer open candidate.
+    objective DRAL's agent maximises; the paper's 0.9 for every strategy, so rows compare);
+    ``reward``: the sum of the Eq. 9 rewards; ``not_nearest``: questions that skipped a nearer open candidate.
     """
 
     gamma: float = 0.9
@@ -68,12 +69,14 @@ class EpisodeStats:
     questions: int = 0
     same: int = 0
     not_nearest: int = 0
+    reward: float = 0.0
     returns: list = field(default_factory=list)
 
     def row(self) -> dict:
         """Per-round columns of ``rounds.parquet``."""
         return {"episodes": self.episodes, "questions": self.questions, "same_answers": self.same,
                 "mean_return": float(np.mean(self.returns)) if self.returns else float("nan"),
+                "mean_reward": self.reward / self.questions if self.questions else float("nan"),
                 "share_not_nearest": self.not_nearest / self.questions if self.questions else float("nan")}
 
 
@@ -99,7 +102,9 @@ def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates
             stats.not_nearest += int(a != int(np.argmax(mask)))
         next_obs, reward, done, _, info = env.step_with_answer(a, y)
         ret += discount * float(reward)
-        discount *= stats.gamma if stats is not None else 1.0
+        if stats is not None:
+            stats.reward += float(reward)
+            discount *= stats.gamma
         implied = {}
         if infer is not None and not done:
             implied = implied_answers(infer, int(query), candidates, info["action_mask"])

@@ -299,7 +299,7 @@ class ActiveLearningLoop:
                 knowledge.add(q, c, y)
             return y
 
-        self.round_stats = stats = EpisodeStats(gamma=self.job.dral.gamma)
+        self.round_stats = stats = EpisodeStats()  # the paper's gamma, whatever the agent's: rows compare
         it = range(len(queries))
         if self.progress:
             it = tqdm(it, desc=f"round {round_} queries", leave=False, disable=None)
