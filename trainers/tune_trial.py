@@ -83,13 +83,21 @@ def run_trial(config: dict, setup: dict) -> None:
     log_event(events, event="start", trial_id=ctx.get_trial_id(), restored_round=restored, pid=os.getpid())
     rounds_total = rounds_of(job)
 
-    def on_round(row: dict, out_dir: Path) -> None:
+    reported = []
+
+    def on_round(row: dict, out_dir: Path, event: str = "round") -> None:
         rows = pq.read_table(Path(out_dir) / "rounds.parquet").to_pylist()
         report = round_report(rows, rounds_total, setup.get("target_map"), setup.get("unreached", 1.0e6))
-        log_event(events, event="round", round=report["round"], answers=report["answers"])  # its checkpoint is on disk
+        log_event(events, event=event, round=report["round"], answers=report["answers"])  # its checkpoint is on disk
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
+        reported.append(report["round"])
 
     loop = loop_class(setup["loop"])(job, progress=False)
     loop.on_round = on_round  # called after each round's checkpoint is written
     loop.run()
+    if not reported and restored:
+        # The loop had finished every round before this start (the driver died between the last round's
+        # checkpoint and Tune recording its report): report that last round again, or Tune would count
+        # the trial as stopped early.
+        on_round({}, out, event="re-report")  # not a round run again
     log_event(events, event="done")
