@@ -129,10 +129,12 @@ def test_an_interrupted_sweep_resumes_to_completion_without_running_a_trial_twic
     # 1-round trials finish first while the 8-round ones are between rounds: the driver is SIGKILLed
     # once two trials are saved as finished and another has a round checkpoint
     path = write_sweep(workdir, "resumed", max_concurrent_trials=4,
-                       overrides={"checkpoint": str(workdir / "init.pt")},
+                       overrides={"checkpoint": str(workdir / "init.pt"), "finetune.epochs": 1},
                        space={"dral.kmax": {"grid": [2, 3]}, "finetune.every": {"grid": [1.0, 0.125]}})
     exp = load_sweep(path).config.experiment_dir
-    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+    # Tune saves its experiment state every second here ("auto" can wait longer), so the finished trials
+    # show up while the 8-round ones (each round a small fine-tune) are still between rounds
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen([sys.executable, "-m", "trainers.sweep", "--config", str(path), "--quiet"],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
