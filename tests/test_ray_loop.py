@@ -25,8 +25,8 @@ import torch
 
 from reidloop.active.loop import ActiveLearningLoop
 from reidloop.answer_log import AnswerLog
-from reidloop.config import ModelConfig, save_config
-from reidloop.models import build_model, load_checkpoint, save_checkpoint
+from reidloop.config import save_config
+from reidloop.models import load_checkpoint
 from test_active_loop import implied_when_asked, tiny_job
 
 pytestmark = pytest.mark.slow
@@ -46,14 +46,6 @@ def fast_ray_train():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def init_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
-    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -98,19 +90,19 @@ def pid_of(path: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(ray_session, work, init_checkpoint):
+def reference(ray_session, work, tiny_checkpoint):
     """An uninterrupted run (2 env workers) that the killed runs must reproduce."""
     from services.ray_loop import RayActiveLearningLoop
 
-    job = ray_job(work, init_checkpoint, "reference")
+    job = ray_job(work, tiny_checkpoint, "reference")
     result = RayActiveLearningLoop(job, progress=False).run()
     return job, result, log_rows(work / "reference")
 
 
-def test_loop_through_actors_and_ray_train(ray_session, work, init_checkpoint):
+def test_loop_through_actors_and_ray_train(ray_session, work, tiny_checkpoint):
     from services.ray_loop import RayActiveLearningLoop
 
-    job = ray_job(work, init_checkpoint, "e2e", **{"finetune.epochs": 1, "oracle.budget": 24})
+    job = ray_job(work, tiny_checkpoint, "e2e", **{"finetune.epochs": 1, "oracle.budget": 24})
     result = RayActiveLearningLoop(job, progress=False).run()
     out = work / "e2e"
 
@@ -144,19 +136,19 @@ def test_loop_through_actors_and_ray_train(ray_session, work, init_checkpoint):
         assert ckpts, f"no Ray Train checkpoint for round {r}"
         assert torch.load(ckpts[-1], weights_only=True)["epoch"] == 0
     trained, meta = load_checkpoint(out / "model.pt")
-    init, _ = load_checkpoint(init_checkpoint)
+    init, _ = load_checkpoint(tiny_checkpoint)
     assert meta["round"] == 2 and not torch.equal(trained.state_dict()["backbone.conv1.weight"],
                                                   init.state_dict()["backbone.conv1.weight"])
 
 
-def test_killed_labelling_service_restarts_and_the_run_asks_the_same(ray_session, work, init_checkpoint,
+def test_killed_labelling_service_restarts_and_the_run_asks_the_same(ray_session, work, tiny_checkpoint,
                                                                      reference):
     import ray
 
     from services.labelling_service import NAMESPACE, service_name
     from services.ray_loop import RayActiveLearningLoop
 
-    job = ray_job(work, init_checkpoint, "kill-service")
+    job = ray_job(work, tiny_checkpoint, "kill-service")
     out = work / "kill-service"
     seen: dict = {}
 
@@ -182,10 +174,10 @@ def test_killed_labelling_service_restarts_and_the_run_asks_the_same(ray_session
     assert sorted(rows) == sorted(reference[2])
 
 
-def test_killed_driver_resumes_and_asks_the_same(ray_session, work, init_checkpoint, reference):
+def test_killed_driver_resumes_and_asks_the_same(ray_session, work, tiny_checkpoint, reference):
     import ray
 
-    job = ray_job(work, init_checkpoint, "kill-driver")
+    job = ray_job(work, tiny_checkpoint, "kill-driver")
     out = work / "kill-driver"
     config = work / "kill-driver.yaml"
     save_config(job, config)
@@ -211,12 +203,12 @@ def test_killed_driver_resumes_and_asks_the_same(ray_session, work, init_checkpo
     assert summary["answers"] == reference[1].answers
 
 
-def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, work, init_checkpoint):
+def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, work, tiny_checkpoint):
     from services.ray_loop import RayActiveLearningLoop
 
     over = {"ray.env_workers": 1, "strategy": "dral"}
-    local = ActiveLearningLoop(ray_job(work, init_checkpoint, "w1-local", **over), progress=False).run()
-    remote = RayActiveLearningLoop(ray_job(work, init_checkpoint, "w1-ray", **over), progress=False).run()
+    local = ActiveLearningLoop(ray_job(work, tiny_checkpoint, "w1-local", **over), progress=False).run()
+    remote = RayActiveLearningLoop(ray_job(work, tiny_checkpoint, "w1-ray", **over), progress=False).run()
     assert log_rows(work / "w1-ray") == log_rows(work / "w1-local")  # same questions, same order
     assert remote.answers == local.answers > 0
     assert implied_when_asked(work / "w1-ray") == 0  # settled pairs were revealed, not asked (5 with inference off)
@@ -224,7 +216,7 @@ def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, 
         assert a["mAP"] == pytest.approx(b["mAP"]) and a["answers"] == b["answers"]
 
 
-def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_session, work, init_checkpoint,
+def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_session, work, tiny_checkpoint,
                                                                           reference):
     import ray
 
@@ -249,7 +241,7 @@ def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_se
             finally:
                 strategy.step = step
 
-    loop = KillingLoop(ray_job(work, init_checkpoint, "kill-actors"), progress=False)
+    loop = KillingLoop(ray_job(work, tiny_checkpoint, "kill-actors"), progress=False)
     result = loop.run()
     assert [r.split(":")[0] for r in loop.recoveries] == ["round 1", "round 2"], loop.recoveries
     assert sorted(log_rows(work / "kill-actors")) == sorted(reference[2])

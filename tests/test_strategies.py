@@ -31,6 +31,18 @@ def ctx(features, pos=(), neg=()):
 LINE = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [10.0]])
 
 
+def pick_order(s, candidates) -> list[int]:
+    """The candidates in the order ``s`` would ask all of them about query 0 on LINE."""
+    env, obs, info = episode(LINE, 0, candidates)
+    mask = info["action_mask"].copy()
+    picks = []
+    while mask.any():
+        a = s.select(env, obs, mask)
+        picks.append(int(env.candidates[a]))
+        mask[a] = False
+    return picks
+
+
 def test_masked_argmax_skips_masked_and_breaks_ties_low():
     assert masked_argmax(np.array([5.0, 9.0, 9.0, 1.0]), np.array([True, False, True, True])) == 2
     with pytest.raises(ValueError, match="no askable candidate"):
@@ -46,14 +58,7 @@ def test_random_only_picks_askable_candidates():
 
 def test_nearest_asks_the_nearest_askable_candidate():
     s = build_strategy("nearest", DralConfig(), seed=0)
-    env, obs, info = episode(LINE, 0, [3, 1, 4, 2])  # candidates out of distance order
-    mask = info["action_mask"].copy()
-    picks = []
-    while mask.any():
-        a = s.select(env, obs, mask)
-        picks.append(int(env.candidates[a]))
-        mask[a] = False
-    assert picks == [1, 2, 3, 4]
+    assert pick_order(s, [3, 1, 4, 2]) == [1, 2, 3, 4]  # candidates out of distance order
     env, obs, info = episode(LINE, 0, [1, 2, 3, 4], known={0: 1, 1: -1})  # known pairs are skipped
     assert s.select(env, obs, info["action_mask"]) == 2
 
@@ -141,15 +146,7 @@ def test_gd_does_not_ask_the_same_hub_twice_in_a_row():
 
 
 def test_farthest_asks_the_farthest_open_candidate():
-    s = build_strategy("farthest", DralConfig(), seed=0)
-    env, obs, info = episode(LINE, 0, [3, 1, 4, 2])
-    mask = info["action_mask"].copy()
-    picks = []
-    while mask.any():
-        a = s.select(env, obs, mask)
-        picks.append(int(env.candidates[a]))
-        mask[a] = False
-    assert picks == [4, 3, 2, 1]
+    assert pick_order(build_strategy("farthest", DralConfig(), seed=0), [3, 1, 4, 2]) == [4, 3, 2, 1]
 
 
 def test_qbc_member_vote_changes_after_a_contradicting_answer():
