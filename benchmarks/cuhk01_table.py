@@ -81,6 +81,18 @@ ROWS: dict[str, Row] = {
     "dral_paper": Row("DRAL as published", PAPER, ("strategy=dral",),
                       "rounds by queries, triplet only at lr 5e-6 for 1 epoch, no inference"),
     "random_paper": Row("Random as published", PAPER, ("strategy=random",)),
+    "upperbound_paper": Row("UpperBound as published", PAPER, ("strategy=upperbound",),
+                            "fully supervised: every label, identity batches, triplet + CE"),
+    # DRAL as published with one of our additions switched on alone (issue 16, item 5)
+    "dral_paper_infer": Row("DRAL as published + answer inference", PAPER,
+                            ("strategy=dral", "infer_answers=true"),
+                            "answers implied by transitivity are not asked"),
+    "dral_paper_settled": Row("DRAL as published + settled-pair labels", PAPER,
+                              ("strategy=dral", "finetune.pairs=settled"),
+                              "fine-tunes on every pair the answers settle, not only the asked ones"),
+    "dral_paper_ce": Row("DRAL as published + CE over answer chains", PAPER,
+                         ("strategy=dral", "finetune.cross_entropy=true"),
+                         "cross-entropy over identities formed by chains of 'same' answers"),
 }
 FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
 
