@@ -69,6 +69,7 @@ class EpisodeStats:
     questions: int = 0
     same: int = 0
     not_nearest: int = 0
+    stopped: int = 0  # episodes the strategy ended before Kmax with open candidates left (dral.stop)
     reward: float = 0.0
     returns: list = field(default_factory=list)
 
@@ -77,7 +78,8 @@ class EpisodeStats:
         return {"episodes": self.episodes, "questions": self.questions, "same_answers": self.same,
                 "mean_return": float(np.mean(self.returns)) if self.returns else float("nan"),
                 "mean_reward": self.reward / self.questions if self.questions else float("nan"),
-                "share_not_nearest": self.not_nearest / self.questions if self.questions else float("nan")}
+                "share_not_nearest": self.not_nearest / self.questions if self.questions else float("nan"),
+                "episodes_stopped": self.stopped}
 
 
 def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates: np.ndarray,
@@ -93,6 +95,10 @@ def run_episode(env: QueryEpisodeEnv, strategy: Strategy, query: int, candidates
     obs, mask = reset_episode(env, query, candidates, features, metric, known)
     ret, discount = 0.0, 1.0
     while mask.any() and env.questions_asked < env.kmax:
+        if strategy.stop(env, obs, mask):
+            if stats is not None:
+                stats.stopped += 1
+            break
         a = strategy.select(env, obs, mask)
         c = int(candidates[a])
         y = answer_fn(int(query), c, round_, env.questions_asked)

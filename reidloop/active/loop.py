@@ -178,6 +178,8 @@ class ActiveLearningLoop:
         self.progress = progress
         self.on_round = on_round  # called with (metrics row, output dir) after each round's checkpoint
         self.out = Path(job.output_dir)
+        self.budget: int | None = None  # the run's answer budget, and the queries after this round's: set by run()
+        self.queries_after = 0
         self.device = resolve_device(job.pretrain.device)
 
     # ---- setup
@@ -306,6 +308,8 @@ class ActiveLearningLoop:
         for i in it:
             if not oracle.remaining:  # the budget (or, with rounds: answers, the round's share) is spent
                 return i
+            strategy.begin_episode(answers_left=oracle.remaining if self.budget is None else self.budget - oracle.used,
+                                   queries_left=len(queries) - i + self.queries_after)
             q = int(queries[i])
             known = known_answers(known_fn, q, cands[i])
             try:
@@ -327,6 +331,7 @@ class ActiveLearningLoop:
             self.job = job = replace(job, dral=replace(
                 job.dral, epsilon_decay_steps=max(1, round(job.dral.epsilon_decay_fraction * budget))))
         strategy = self.make_strategy()
+        self.budget = budget
         answer_log, oracle = self.open_oracle(pids, budget, pool)
         result = LoopResult(output_dir=str(self.out))
         start = time.perf_counter()
@@ -367,6 +372,7 @@ class ActiveLearningLoop:
                 if job.infer_answers else None
             self.round_stats = None  # set by an in-process ask_round
             browsed = len(queries)
+            self.queries_after = len(order) - (cursor if by_answers else sl.start) - len(queries)  # later rounds'
             if not strategy.asks_questions:  # the learners' UpperBound browses as one spending Kmax per query
                 share = round(r * budget / len(slices)) - round((r - 1) * budget / len(slices))
                 browsed = min(len(queries), -(-share // job.dral.kmax)) if by_answers else len(queries)

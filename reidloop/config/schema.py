@@ -168,6 +168,13 @@ class DralConfig:
     # a "same" answer plus 1 for every candidate it shows to be the query's person by transitivity
     # (with infer_answers). The rounds' trace reports the Eq. 9 return either way. In-process loop only.
     reward: Literal["eq9", "links"] = "eq9"
+    # Not in the paper (opt-in, needs reward: links): the agent may end a query's episode before Kmax.
+    # An answer is priced at `price` links, paced so the answers left spread over the queries left (after
+    # each episode price += stop_pace_rate * (questions asked - answers left / queries left), floored at
+    # 0); the agent learns Q = links - price with stopping worth 0 (a Q-learning target r - price +
+    # gamma * max(0, max Q')), and stops when no open candidate is worth its price. In-process loop only.
+    stop: bool = False
+    stop_pace_rate: float = 0.005
     replay_size: int = 20000
     batch_size: int = 64
     target_sync: int = 200  # learner steps between target-network copies (Eq. 10)
@@ -191,6 +198,10 @@ class DralConfig:
         _check(self.batch_size >= 1 and self.replay_size >= self.batch_size, "replay_size",
                self.replay_size, "must be >= batch_size")
         _check(self.warmstart_passes >= 0, "warmstart_passes", self.warmstart_passes, "must be >= 0")
+        _check(not self.stop or self.reward == "links", "stop", self.stop,
+               "needs dral.reward: links (stopping weighs the links an answer is expected to establish "
+               "against its price)")
+        _check(self.stop_pace_rate > 0, "stop_pace_rate", self.stop_pace_rate, "must be > 0")
         _check(self.epsilon_decay_fraction is None or 0 < self.epsilon_decay_fraction <= 1,
                "epsilon_decay_fraction", self.epsilon_decay_fraction, "must be in (0, 1] or null")
 

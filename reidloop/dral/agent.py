@@ -112,6 +112,9 @@ class DQNAgent:
         else:
             self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.policy_lr)
         self.replay = ReplayBuffer(cfg.replay_size, obs_dim, n_actions)
+        # dral.stop: the price of an answer (subtracted from every reward at learning time, so the whole
+        # replay is valued at today's price) and stopping worth 0 in the bootstrap
+        self.price = 0.0
         self.act_steps = 0  # act(explore=True) calls so far: drives the ε schedule
         self.learn_steps = 0  # gradient steps so far: drives the target sync
         self._rng = np.random.default_rng(seed)
@@ -158,7 +161,8 @@ class DQNAgent:
     def learn(self) -> Optional[float]:
         """One Huber-loss Q-learning step on a replay batch (Eq. 10); None until batch_size transitions exist.
 
-        Target: r + γ · max_{a' valid in s'} Q_target(s', a'), with the bootstrap 0 when done.
+        Target: r + γ · max_{a' valid in s'} Q_target(s', a'), with the bootstrap 0 when done. With
+        ``dral.stop``: r - price + γ · max(0, max_{a'} Q_target(s', a')) (stopping is always possible).
         """
         if self.replay.size < self.cfg.batch_size:
             return None
@@ -168,7 +172,10 @@ class DQNAgent:
         with torch.no_grad():
             next_q = self.target(b["next_obs"]).masked_fill(~b["next_mask"], -torch.inf).amax(1)
             live = b["next_mask"].any(1) & ~b["done"]
-            target = b["reward"] + self.cfg.gamma * torch.where(live, next_q, torch.zeros_like(next_q))
+            if self.cfg.stop:
+                next_q = next_q.clamp(min=0.0)
+            target = (b["reward"] - self.price if self.cfg.stop else b["reward"]) \
+                + self.cfg.gamma * torch.where(live, next_q, torch.zeros_like(next_q))
         loss = F.smooth_l1_loss(q, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -190,7 +197,7 @@ class DQNAgent:
             "hidden": self.cfg.hidden, "layers": self.cfg.layers,
             "online": self.online.state_dict(), "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "act_steps": self.act_steps, "learn_steps": self.learn_steps,
+            "act_steps": self.act_steps, "learn_steps": self.learn_steps, "price": self.price,
             "rng": json.dumps(self._rng.bit_generator.state),  # 128-bit ints kept exact as JSON text
             "replay": self.replay.state_dict(),
         }
@@ -206,6 +213,7 @@ class DQNAgent:
         self.target.load_state_dict(sd["target"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.act_steps, self.learn_steps = int(sd["act_steps"]), int(sd["learn_steps"])
+        self.price = float(sd.get("price", 0.0))
         self._rng.bit_generator.state = json.loads(sd["rng"])
         self.replay.load_state_dict(sd["replay"])
 

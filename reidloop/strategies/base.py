@@ -60,6 +60,13 @@ class Strategy(ABC):
     def begin_round(self, ctx: RoundContext) -> None:  # noqa: B027 - optional hook
         """Called once per round after features and metric are (re)computed."""
 
+    def begin_episode(self, answers_left: int, queries_left: int) -> None:  # noqa: B027 - optional hook
+        """Called before each query's episode in the loop: the run's answers and queries still to come."""
+
+    def stop(self, env: QueryEpisodeEnv, obs: np.ndarray, mask: np.ndarray) -> bool:
+        """True ends the query's episode before Kmax (open candidates left unasked); never by default."""
+        return False
+
     @abstractmethod
     def select(self, env: QueryEpisodeEnv, obs: np.ndarray, mask: np.ndarray) -> int:
         """Return a candidate position ``a`` with ``mask[a]`` True."""

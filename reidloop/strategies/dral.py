@@ -24,6 +24,25 @@ class DralStrategy(Strategy):
         self.agent = DQNAgent(obs_dim=(cfg.ns + 1) ** 2 + cfg.ns, n_actions=cfg.ns, cfg=cfg, seed=seed)
         self.steps = 0
         self.losses: list[float] = []
+        self.pace: float | None = None  # dral.stop: answers per query the current episode may spend
+        self.episode_questions = 0
+
+    def begin_episode(self, answers_left: int, queries_left: int) -> None:
+        """``dral.stop``: settle the last episode's spending against its pace, then pace this one."""
+        if not self.cfg.stop:
+            return
+        if self.pace is not None:
+            drift = self.episode_questions - self.pace
+            self.agent.price = max(0.0, self.agent.price + self.cfg.stop_pace_rate * drift)
+        self.pace = answers_left / max(1, queries_left)
+        self.episode_questions = 0
+
+    def stop(self, env, obs: np.ndarray, mask: np.ndarray) -> bool:
+        """``dral.stop``: no open candidate is worth the price of an answer (its learnt Q is below 0)."""
+        if not self.cfg.stop:
+            return False
+        q = self.agent.q_values(obs)
+        return bool(q[mask].max() < 0.0)
 
     def select(self, env, obs: np.ndarray, mask: np.ndarray) -> int:
         return self.agent.act(obs, mask, explore=True)
@@ -31,15 +50,19 @@ class DralStrategy(Strategy):
     def observe(self, t: Transition) -> None:
         self.agent.remember(t.obs, t.action, t.reward, t.next_obs, t.next_mask, t.done)
         self.steps += 1
+        self.episode_questions += 1
         if self.steps % self.cfg.learn_every == 0:
             loss = self.agent.learn()
             if loss is not None:
                 self.losses.append(float(loss))
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "agent": self.agent.state_dict(), "steps": self.steps}
+        return {**super().state_dict(), "agent": self.agent.state_dict(), "steps": self.steps,
+                "pace": self.pace, "episode_questions": self.episode_questions}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.agent.load_state_dict(state["agent"])
         self.steps = int(state["steps"])
+        self.pace = state.get("pace")
+        self.episode_questions = int(state.get("episode_questions", 0))
