@@ -89,6 +89,15 @@ class ReplayBuffer:
         self.pos, self.size = int(sd["pos"]), n
 
 
+def q_target(reward: torch.Tensor, next_q: torch.Tensor, live: torch.Tensor, gamma: float,
+             price: float | None = None) -> torch.Tensor:
+    """Eq. 10's target r + γ · max Q'(s', ·) (0 where s' is terminal). With ``price`` (``dral.stop``): every
+    answer costs ``price`` and stopping is always possible and worth 0, so r - price + γ · max(0, max Q')."""
+    if price is not None:
+        reward, next_q = reward - price, next_q.clamp(min=0.0)
+    return reward + gamma * torch.where(live, next_q, torch.zeros_like(next_q))
+
+
 class DQNAgent:
     """ε-greedy deep Q-learning agent over masked discrete actions (the ns gallery candidates)."""
 
@@ -172,10 +181,8 @@ class DQNAgent:
         with torch.no_grad():
             next_q = self.target(b["next_obs"]).masked_fill(~b["next_mask"], -torch.inf).amax(1)
             live = b["next_mask"].any(1) & ~b["done"]
-            if self.cfg.stop:
-                next_q = next_q.clamp(min=0.0)
-            target = (b["reward"] - self.price if self.cfg.stop else b["reward"]) \
-                + self.cfg.gamma * torch.where(live, next_q, torch.zeros_like(next_q))
+            target = q_target(b["reward"], next_q, live, self.cfg.gamma,
+                              price=self.price if self.cfg.stop else None)
         loss = F.smooth_l1_loss(q, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
