@@ -102,6 +102,7 @@ ROWS: dict[str, Row] = {
                          "cross-entropy over identities formed by chains of 'same' answers"),
 }
 FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
+REFERENCES = ("baseline", "upperbound", "upperbound_paper")  # they ask nothing: no curve against answers
 
 
 def row_key(row: str, kmax: int, seed: int) -> str:
@@ -191,7 +192,7 @@ def equal_answer_columns(res: dict, base: float | None, upper: float | None, n: 
                          random_end: float | None = None) -> dict:
     """mAP at 1n / 2n answers, mean mAP over [0, 2n], answers to 50% / 80% gap closure and to Random's
     mAP at 2n answers of the same seed (none for the references, which ask nothing)."""
-    if res["row"] in ("baseline", "upperbound"):  # they ask nothing: no curve against answers
+    if res["row"] in REFERENCES:
         closure = gap_closure(res["final"]["mAP"], base, upper) if (
             base is not None and upper is not None and upper > base) else None
         return {"mAP@1n": None, "mAP@2n": None, "mean_mAP_0_2n": None, "answers_to_50pct": None,
@@ -254,13 +255,15 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
 def trace_table(results: list[dict]) -> tuple[str, list[dict]]:
     """What each asking row's questions did, over its whole run, per seed: "same" answers, the mean Eq. 9
     return per episode (discounted with the agent's gamma), the share of questions that skipped a nearer
-    open candidate, and the share of the pool's same-person links settled at the end."""
+    open candidate, the share of the pool's same-person links settled at the end, and the queries whose
+    episode the strategy ended before Kmax (``dral.stop``)."""
     lines = ["| row | Kmax | seed | questions | same answers | mean Eq. 9 return / episode | mean Eq. 9 reward "
-             "/ question | skipped a nearer one | links settled |", "|---|---|---|---|---|---|---|---|---|"]
+             "/ question | skipped a nearer one | links settled | queries stopped early |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     records = []
     for res in sorted(results, key=lambda r: (list(ROWS).index(r["row"]), r["kmax"], r["seed"])):
         rounds = [r for r in res["rounds"][1:] if r.get("episodes") == r.get("episodes")]  # nan: no trace
-        if res["row"] in ("baseline", "upperbound") or not rounds or "episodes" not in rounds[0]:
+        if res["row"] in REFERENCES or not rounds or "episodes" not in rounds[0]:
             continue
         episodes = sum(r["episodes"] for r in rounds)
         questions = sum(r["questions"] for r in rounds)
@@ -270,15 +273,17 @@ def trace_table(results: list[dict]) -> tuple[str, list[dict]]:
                "not_nearest": sum(r["share_not_nearest"] * r["questions"] for r in rounds) / max(questions, 1),
                "links_settled": res["rounds"][-1].get("links_settled"),
                "mean_reward": sum(r["mean_reward"] * r["questions"] for r in rounds) / max(questions, 1)
-               if "mean_reward" in rounds[0] else None}
+               if "mean_reward" in rounds[0] else None,
+               "stopped": int(sum(r["episodes_stopped"] for r in rounds)) if "episodes_stopped" in rounds[0] else None}
         if "mean_reward" not in rounds[0] and res["config"]["dral"]["gamma"] != 0.9:
             rec["mean_return"] = None  # traced before the return was discounted by 0.9 for every row
         records.append(rec)
         links = "-" if rec["links_settled"] is None else f"{100 * rec['links_settled']:.1f}%"
         ret = "-" if rec["mean_return"] is None else f"{rec['mean_return']:.3f}"
         reward = "-" if rec["mean_reward"] is None else f"{rec['mean_reward']:.3f}"
+        stopped = "-" if rec["stopped"] is None else str(rec["stopped"])
         lines.append(f"| {res['label']} | {rec['kmax']} | {rec['seed']} | {rec['questions']} | {rec['same']} "
-                     f"| {ret} | {reward} | {100 * rec['not_nearest']:.1f}% | {links} |")
+                     f"| {ret} | {reward} | {100 * rec['not_nearest']:.1f}% | {links} | {stopped} |")
     return "\n".join(lines), records
 
 
@@ -294,9 +299,10 @@ def plot_curves(results: list[dict], path: Path, kmax: int) -> None:
         rs = [r for r in results if r["row"] == row and r["kmax"] == kmax]
         if not rs:
             continue
-        if row in ("baseline", "upperbound"):  # no curve against answers: a level line at the mean
+        if row in REFERENCES:  # no curve against answers: a level line at the mean
             level = 100 * np.mean([r["final"]["mAP"] for r in rs])
-            ax.axhline(level, ls="--", color="grey" if row == "baseline" else "black", lw=1,
+            ax.axhline(level, ls="--" if row != "upperbound_paper" else ":", lw=1,
+                       color="grey" if row == "baseline" else "black",
                        label=f"{ROWS[row].label} {level:.1f} ({len(rs)} seed{'s' * (len(rs) > 1)})")
             continue
         top = min(r["rounds"][-1]["answers"] for r in rs)
