@@ -17,7 +17,8 @@ Rows (``ROWS``): ours cut rounds by answers (``tune_configs/cuhk01.yaml``: a com
 a fine-tune after every quarter of it), so strategies are compared at equal answers; the rows marked
 "paper" run DRAL's Algorithm 1 as published (``tune_configs/cuhk01_paper.yaml``). The split seed sets
 both the CUHK01 identity split and the run's own randomness (query order, agent, fine-tune).
-Equal-answer columns: mAP at 1n and 2n answers, the mean mAP over [0, 2n] answers (area under the curve
+Equal-answer columns: mAP at 1n, 2n and 5n answers (5n: only runs that spend that many, the rows
+"as published"), the mean mAP over [0, 2n] answers (area under the curve
 / 2n), the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
 same split, and the answers needed to reach Random's mAP at 2n answers on the same split (linear
 between rounds; "-" when the run never got there).
@@ -195,11 +196,12 @@ def equal_answer_columns(res: dict, base: float | None, upper: float | None, n: 
     if res["row"] in REFERENCES:
         closure = gap_closure(res["final"]["mAP"], base, upper) if (
             base is not None and upper is not None and upper > base) else None
-        return {"mAP@1n": None, "mAP@2n": None, "mean_mAP_0_2n": None, "answers_to_50pct": None,
+        return {"mAP@1n": None, "mAP@2n": None, "mAP@5n": None, "mean_mAP_0_2n": None, "answers_to_50pct": None,
                 "answers_to_80pct": None, "answers_to_random_2n": None, "closure": closure}
     x = [r["answers"] for r in res["rounds"]]
     y = [r["mAP"] for r in res["rounds"]]
-    cols = {"mAP@1n": value_at(x, y, n), "mAP@2n": value_at(x, y, 2 * n), "mean_mAP_0_2n": mean_up_to(x, y, 2 * n),
+    cols = {"mAP@1n": value_at(x, y, n), "mAP@2n": value_at(x, y, 2 * n), "mAP@5n": value_at(x, y, 5 * n),
+            "mean_mAP_0_2n": mean_up_to(x, y, 2 * n),
             "answers_to_random_2n": None if random_end is None else answers_to_reach(x, y, random_end)}
     for frac in (0.5, 0.8):
         ok = base is not None and upper is not None and upper > base
@@ -230,8 +232,8 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     for (row, k, _), r in sorted(by.items(), key=lambda kv: (list(ROWS).index(kv[0][0]), kv[0][1], kv[0][2])):
         groups.setdefault((row, k), []).append(r)
     lines = ["| row | Kmax | seeds | answers | queries | mAP | rank-1 | rank-5 | rank-10 | gap closed | mAP@1n | mAP@2n "
-             "| mean mAP 0-2n | answers to 50% | answers to 80% | answers to Random's 2n mAP | min / run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mAP@5n | mean mAP 0-2n | answers to 50% | answers to 80% | answers to Random's 2n mAP | min / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     records = []
     for (row, k), rs in groups.items():
         cols = [equal_answer_columns(r, base.get(r["seed"]), upper.get((k, r["seed"])), n,
@@ -245,7 +247,7 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
             f"| {rec['label']} | {k} | {','.join(map(str, rec['seeds']))} | {_fmt(rec['answers'], 1, 0)} "
             f"| {_fmt(rec['queries'], 1, 0)} "
             f"| {_fmt(rec['mAP'])} | {_fmt(rec['rank1'])} | {_fmt(rec['rank5'])} | {_fmt(rec['rank10'])} "
-            f"| {_fmt(rec['closure'])} | {_fmt(rec['mAP@1n'])} | {_fmt(rec['mAP@2n'])} "
+            f"| {_fmt(rec['closure'])} | {_fmt(rec['mAP@1n'])} | {_fmt(rec['mAP@2n'])} | {_fmt(rec['mAP@5n'])} "
             f"| {_fmt(rec['mean_mAP_0_2n'])} | {_fmt(rec['answers_to_50pct'], 1, 0)} "
             f"| {_fmt(rec['answers_to_80pct'], 1, 0)} | {_fmt(rec['answers_to_random_2n'], 1, 0)} "
             f"| {_fmt(rec['wall_seconds'], 1 / 60, 1)} |")
