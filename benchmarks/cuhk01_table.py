@@ -86,6 +86,12 @@ ROWS: dict[str, Row] = {
                            ("strategy=dral", "dral.reward=links", "dral.warmstart_passes=1",
                             "warmstart_dataset=cuhk03", "warmstart_root={cuhk03}", "warmstart_max_ids=300"),
                            "the links reward, after browsing 300 labelled CUHK03 identities"),
+    # the best trial of tune_configs/sweep_cuhk01.yaml (ASHA, 12 trials, split seed 0 only):
+    # benchmarks/results/cuhk01/sweep_s0/best_config.yaml
+    "dral_tuned": Row("DRAL + our additions, tuned on seed 0", OURS,
+                      ("strategy=dral", "dral.kmax=5", "dral.ns=30", "dral.kappa=12",
+                       "dral.thred=0.42861193229190436", "dral.margin=0.19656081732278266"),
+                      "Kmax, ns, kappa, thred, m from the seed-0 sweep"),
     "dral_paper": Row("DRAL as published", PAPER, ("strategy=dral",),
                       "rounds by queries, triplet only at lr 5e-6 for 1 epoch, no inference"),
     "random_paper": Row("Random as published", PAPER, ("strategy=random",)),
