@@ -232,6 +232,8 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     by = {(r["row"], r["kmax"], r["seed"]): r for r in results}
     base = {s: r["final"]["mAP"] for (row, _, s), r in by.items() if row == "baseline"}
     upper = {(k, s): r["final"]["mAP"] for (row, k, s), r in by.items() if row == "upperbound"}
+    # the rows as published are measured against the paper's own (fully supervised) UpperBound
+    upper_paper = {(k, s): r["final"]["mAP"] for (row, k, s), r in by.items() if row == "upperbound_paper"}
     random_2n = {(k, s): value_at([p["answers"] for p in r["rounds"]], [p["mAP"] for p in r["rounds"]], 2 * n)
                  for (row, k, s), r in by.items() if row == "random"}
     groups: dict[tuple[str, int], list[dict]] = {}
@@ -242,7 +244,8 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     records = []
     for (row, k), rs in groups.items():
-        cols = [equal_answer_columns(r, base.get(r["seed"]), upper.get((k, r["seed"])), n,
+        ub = upper_paper if rs[0].get("config_file") == PAPER else upper
+        cols = [equal_answer_columns(r, base.get(r["seed"]), ub.get((k, r["seed"])), n,
                                      random_2n.get((k, r["seed"]))) for r in rs]
         rec = {"row": row, "label": rs[0]["label"], "kmax": k, "seeds": [r["seed"] for r in rs],
                "answers": [r["answers"] for r in rs],
