@@ -305,8 +305,10 @@ def plot_curves(results: list[dict], path: Path, kmax: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for row in ROWS:
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    markers = "osD^v<>ph*"
+    for i, row in enumerate(ROWS):
         rs = [r for r in results if r["row"] == row and r["kmax"] == kmax]
         if not rs:
             continue
@@ -320,7 +322,9 @@ def plot_curves(results: list[dict], path: Path, kmax: int) -> None:
         grid = np.unique(np.concatenate([[p["answers"] for p in r["rounds"] if p["answers"] <= top] for r in rs]))
         ys = np.array([[value_at([p["answers"] for p in r["rounds"]], [p["mAP"] for p in r["rounds"]], x)
                         for x in grid] for r in rs], dtype=float) * 100
-        line, = ax.plot(grid, ys.mean(0), "o-", label=f"{ROWS[row].label} ({len(rs)} seed{'s' * (len(rs) > 1)})")
+        line, = ax.plot(grid, ys.mean(0), marker=markers[i % len(markers)], color=colours[i % 20], ms=4,
+                        ls=":" if ROWS[row].config == PAPER else "-",
+                        label=f"{ROWS[row].label} ({len(rs)} seed{'s' * (len(rs) > 1)})")
         if len(rs) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("answers used (human verifications)")
