@@ -62,3 +62,30 @@ def test_rounds_by_answers_need_a_budget():
         load_config(LoopJob, None, ["rounds=answers"])
     with pytest.raises(ConfigError, match="rounds"):
         load_config(LoopJob, None, ["rounds=tokens", "oracle.budget=10"])
+
+
+def test_every_cuhk01_table_row_is_a_valid_job_and_each_paper_addition_is_switched_on_alone():
+    """benchmarks/cuhk01_table.py ROWS: every row loads (a typo in an override fails here, not hours
+    into the table), and each "as published + one addition" row differs from the paper row by that switch."""
+    import sys
+
+    sys.path.insert(0, str(ROOT.parent / "benchmarks"))
+    from cuhk01_table import ROWS
+
+    jobs = {}
+    for name, row in ROWS.items():
+        sets = [o.replace("{cuhk03}", "/y") for o in row.overrides]
+        jobs[name] = load_config(LoopJob, ROOT.parent / row.config, ["data.root=/x", *sets])
+    paper = jobs["dral_paper"]
+    for name, field, value in (("dral_paper_infer", "infer_answers", True),
+                               ("dral_paper_settled", "pairs", "settled"),
+                               ("dral_paper_ce", "cross_entropy", True)):
+        job = jobs[name]
+        section = job if field == "infer_answers" else job.finetune
+        assert getattr(section, field) == value
+        assert getattr(paper if field == "infer_answers" else paper.finetune, field) != value
+        assert {k: v for k, v in vars(job.finetune).items() if k != field} == \
+            {k: v for k, v in vars(paper.finetune).items() if k != field}  # nothing else changed
+        assert job.infer_answers == (field == "infer_answers")
+        assert job.rounds == paper.rounds == "queries" and job.dral == paper.dral
+    assert jobs["dral_links_stop"].dral.stop and jobs["dral_links_stop"].dral.reward == "links"
