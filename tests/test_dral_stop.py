@@ -95,6 +95,7 @@ def test_an_agent_that_values_no_candidate_above_its_price_ends_the_episode_unas
             assert n == 3 and len(asked) == 3 and stats.stopped == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_after", [4])  # inside round 1
 def test_a_stopping_run_spends_its_budget_and_resumes_to_the_same_questions(tmp_path, tiny_checkpoint, crash_after):
     over = {**BY_ANSWERS, **STOP, "dral.stop_pace_rate": 2.0, "infer_answers": "true"}  # a price that bites
