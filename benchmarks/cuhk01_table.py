@@ -244,7 +244,7 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     records = []
     for (row, k), rs in groups.items():
-        ub = upper_paper if rs[0].get("config_file") == PAPER else upper
+        ub = upper_paper if ROWS[row].config == PAPER else upper
         cols = [equal_answer_columns(r, base.get(r["seed"]), ub.get((k, r["seed"])), n,
                                      random_2n.get((k, r["seed"]))) for r in rs]
         rec = {"row": row, "label": rs[0]["label"], "kmax": k, "seeds": [r["seed"] for r in rs],

@@ -142,8 +142,9 @@ class DQNAgent:
         with torch.no_grad():
             return self.online(torch.as_tensor(x, device=self.device)).cpu().numpy()
 
-    def act(self, obs: np.ndarray, mask: np.ndarray, explore: bool = True) -> int:
-        """ε-greedy action among ``mask``-valid actions; greedy (argmax of valid Q) when explore is False."""
+    def act(self, obs: np.ndarray, mask: np.ndarray, explore: bool = True, q: np.ndarray | None = None) -> int:
+        """ε-greedy action among ``mask``-valid actions; greedy (argmax of valid Q) when explore is False.
+        ``q``: Q(obs, ·) when the caller already computed it (not computed again)."""
         valid = self._check_mask(mask, "mask")
         choices = np.flatnonzero(valid)
         if choices.size == 0:
@@ -153,7 +154,7 @@ class DQNAgent:
             self.act_steps += 1
             if self._rng.random() < eps:
                 return int(self._rng.choice(choices))
-        q = self.q_values(obs)
+        q = self.q_values(obs) if q is None else q
         return int(choices[np.argmax(q[choices])])
 
     # ---------------------------------------------------------------- learning

@@ -26,6 +26,7 @@ class DralStrategy(Strategy):
         self.losses: list[float] = []
         self.pace: float | None = None  # dral.stop: answers per query the current episode may spend
         self.episode_questions = 0
+        self._q = None  # Q(obs, ·) from stop(), reused by the select() that follows it on the same obs
 
     def begin_episode(self, answers_left: int, queries_left: int) -> None:
         """``dral.stop``: settle the last episode's spending against its pace, then pace this one."""
@@ -42,10 +43,13 @@ class DralStrategy(Strategy):
         if not self.cfg.stop:
             return False
         q = self.agent.q_values(obs)
-        return bool(q[mask].max() < 0.0)
+        stopping = bool(q[mask].max() < 0.0)
+        self._q = None if stopping else q
+        return stopping
 
     def select(self, env, obs: np.ndarray, mask: np.ndarray) -> int:
-        return self.agent.act(obs, mask, explore=True)
+        q, self._q = self._q, None
+        return self.agent.act(obs, mask, explore=True, q=q)
 
     def observe(self, t: Transition) -> None:
         self.agent.remember(t.obs, t.action, t.reward, t.next_obs, t.next_mask, t.done)
