@@ -2,8 +2,9 @@
 
 Layout: a directory of part files ``part-<seq:08d>.parquet``. ``append`` buffers records and every
 ``flush_every`` of them becomes one new part, written under a temporary name in the same directory
-and then renamed with ``os.replace`` — a crash never leaves a half-written part and never loses a
-flushed answer. ``question_id`` is a global sequence that continues when the directory is reopened.
+and then linked to its final name, which must not exist yet — a crash never leaves a half-written
+part and never loses a flushed answer, and a second writer on the folder fails loudly instead of
+replacing a part. ``question_id`` is a global sequence that continues when the directory is reopened.
 ``compact`` merges all parts into one; if it is interrupted, the duplicated rows are dropped on read
 by ``question_id``. One writer per directory at a time.
 """
@@ -21,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import write_parquet
+from . import crashpoints
+from .atomic import fsync_dir, write_parquet
 
 SCHEMA = pa.schema([
     pa.field("question_id", pa.int64(), nullable=False),
@@ -56,14 +58,6 @@ class AnswerRecord:
     candidate_path: Optional[str] = None
     question_id: Optional[int] = None  # assigned by AnswerLog.append
     time: Optional[datetime] = None  # UTC; assigned by AnswerLog.append when None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AnswerLog:
@@ -136,9 +130,10 @@ class AnswerLog:
             return None
         merged = self._write_atomic(self.read(), self._next_part)
         self._next_part += 1
+        crashpoints.reach("answers/compact")
         for seq in old:
             self._part_path(seq).unlink()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return merged
 
     # ---------------------------------------------------------------- reading
@@ -167,8 +162,7 @@ class AnswerLog:
 
     def _write_atomic(self, table: pa.Table, seq: int) -> Path:
         final = self._part_path(seq)
-        write_parquet(table, final)
-        _fsync_dir(self.directory)
+        write_parquet(table, final, exclusive=True)  # a second writer's part is never overwritten
         return final
 
     def _read_parts(self, columns: Optional[list[str]] = None) -> pa.Table:

@@ -129,7 +129,9 @@ def test_loop_through_actors_and_ray_train(ray_session, work, tiny_checkpoint):
     rows = pq.read_table(out / "rounds.parquet").to_pylist()
     assert [r["round"] for r in rows] == [0, 1, 2] and [r["answers"] for r in rows] == [0, 18, 24]
     assert all(0.0 <= r["mAP"] <= 1.0 for r in rows) and all(r["finetune_seconds"] > 0 for r in rows[1:])
-    assert json.loads((out / "state.json").read_text()) == {"completed_round": 2, "answers": 24, "next_query": 12}
+    assert json.loads((out / "state.json").read_text()) == {"completed_round": 2, "answers": 24, "next_query": 12,
+                                                            "checkpoint": "checkpoints/round-0002"}
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["round-0002"]  # the previous round's is pruned
     tag = f"e2e-{(out / 'ray_run_id').read_text()}"
     for r in (1, 2):
         ckpts = sorted((work / "storage" / f"{tag}-round{r}-finetune").glob("checkpoint_*/state.pt"))

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from ray import tune
 
+from reidloop import atomic
 from reidloop.config.sweep import job_for, rounds_of
 from reidloop.sweeps.objective import completed_round, round_report
 
@@ -45,13 +46,26 @@ def loop_class(kind: str):
 
 
 def restore(checkpoint: tune.Checkpoint | None, out: Path) -> int:
-    """Put the reported round checkpoint in ``out`` unless ``out`` already holds a later round."""
+    """Put the reported round checkpoint in ``out`` unless ``out`` already holds a later round.
+
+    The checkpoint is copied beside ``out`` and swapped in by renames, so a crash at any point leaves
+    one whole loop folder: the old one or the restored one (``<out>.replaced`` is put back if the crash
+    fell between the two renames).
+    """
+    staged, old = out.with_name(out.name + ".restoring"), out.with_name(out.name + ".replaced")
+    if old.exists() and not out.exists():
+        old.rename(out)
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     if checkpoint is None:
         return completed_round(out)
     with checkpoint.as_directory() as ckpt:
         if completed_round(ckpt) > completed_round(out):
-            shutil.rmtree(out, ignore_errors=True)
-            shutil.copytree(ckpt, out)
+            shutil.copytree(ckpt, staged)
+            if out.exists():
+                out.rename(old)
+            staged.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
     return completed_round(out)
 
 
@@ -79,7 +93,7 @@ def run_trial(config: dict, setup: dict) -> None:
     pretrained = setup.get("pretrained")
     if pretrained and job.checkpoint is None and not (out / "pretrained.pt").exists():
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(pretrained, out / "pretrained.pt")  # the sweep's shared pre-training
+        atomic.link_or_copy(pretrained, out / "pretrained.pt")  # the sweep's shared pre-training, whole or not at all
     log_event(events, event="start", trial_id=ctx.get_trial_id(), restored_round=restored, pid=os.getpid())
     rounds_total = rounds_of(job)
 

@@ -20,7 +20,6 @@ environment workers; everything it needs is the public functions of this module.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -50,6 +49,7 @@ from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, build_strategy
 from .episodes import (AnswerFn, EpisodeStats, InferFn, known_answers, nearest_candidates_all,  # noqa: F401
                        round_slices, run_episode, split_pairs)  # (re-exported)
+from .checkpoints import commit_round, load_round, prune, publish
 from .finetune import finetune, upperbound_pairs
 from .warmstart import WarmStartStats, warm_start
 
@@ -186,6 +186,8 @@ class ActiveLearningLoop:
     def prepare(self) -> tuple[ReidSplits, list[ImageRecord], torch.nn.Module]:
         job = self.job
         self.out.mkdir(parents=True, exist_ok=True)
+        for folder in (self.out, self.out / "answers"):  # what a crash left half-written
+            atomic.remove_temps(folder)
         save_config(job, self.out / "config.yaml")
         splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
         self.labelled: list[ImageRecord] = []  # the pre-training identities (none when from a checkpoint)
@@ -438,30 +440,39 @@ class ActiveLearningLoop:
     # ---- checkpoints and outputs
     def _save_state(self, r: int, model, strategy: Strategy, result: LoopResult, answers: int,
                     next_query: int) -> None:
-        """Round r's checkpoint: model, strategy, metrics — then the marker that makes it count."""
-        save_checkpoint(self.out / "model.pt", model, extra={"round": r, "answers": answers,
-                                                             **{k: result.rounds[-1][k] for k in METRIC_KEYS}})
-        atomic.torch_save(strategy.state_dict(), self.out / "strategy.pt")
-        atomic.write_parquet(pa.Table.from_pylist(result.rounds), self.out / "rounds.parquet")
-        atomic.write_json(self.out / "state.json", {"completed_round": r, "answers": answers,
-                                                    "next_query": next_query})
+        """Round r's checkpoint (model, strategy, metrics), written whole, then made current
+        (:mod:`reidloop.active.checkpoints`)."""
+        def write(folder: Path) -> None:
+            save_checkpoint(folder / "model.pt", model, extra={"round": r, "answers": answers,
+                                                               **{k: result.rounds[-1][k] for k in METRIC_KEYS}})
+            atomic.torch_save(strategy.state_dict(), folder / "strategy.pt")
+            atomic.write_parquet(pa.Table.from_pylist(result.rounds), folder / "rounds.parquet")
+
+        commit_round(self.out, r, {"answers": answers, "next_query": next_query}, write)
 
     def _load_state(self, model, strategy: Strategy, result: LoopResult) -> tuple[int, int]:
         """Restore the last completed round's checkpoint; returns (its number, the next query's position
         in the query order); (0, 0) for a fresh start."""
-        state_path = self.out / "state.json"
-        if not state_path.exists():
-            return 0, 0
         try:
-            state = json.loads(state_path.read_text())
+            found = load_round(self.out)
+            if found is None:
+                return 0, 0
+            state, folder = found
             r = int(state["completed_round"])
-            trained, _ = load_checkpoint(self.out / "model.pt")
+            trained, extra = load_checkpoint(folder / "model.pt")
+            rounds = pq.read_table(folder / "rounds.parquet").to_pylist()
+            if extra.get("round") != r or not rounds or rounds[-1]["round"] != r:
+                raise ValueError(f"{folder}: model.pt is of round {extra.get('round')} and rounds.parquet ends at "
+                                 f"round {rounds[-1]['round'] if rounds else None}, but state.json says round {r}")
             model.load_state_dict(trained.state_dict())
-            strategy.load_state_dict(torch.load(self.out / "strategy.pt", weights_only=True))
-            result.rounds = pq.read_table(self.out / "rounds.parquet").to_pylist()
+            strategy.load_state_dict(torch.load(folder / "strategy.pt", weights_only=True))
+            result.rounds = rounds
         except (OSError, ValueError, KeyError) as exc:
             raise ValueError(f"{self.out}: cannot resume from round checkpoint ({exc}); "
                              "move the folder away to start afresh (the answer log is kept in answers/)") from exc
+        if folder != self.out:  # what a crash after the commit left undone
+            publish(self.out, folder)
+            prune(self.out, folder)
         log.info("resuming %s after round %d (%d answers logged)", self.out, r, state.get("answers", -1))
         return r, int(state.get("next_query", 0))
 

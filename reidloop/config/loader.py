@@ -180,4 +180,6 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def save_config(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    from ..atomic import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
