@@ -171,6 +171,15 @@ def record_source(source: Path, results_dir: Path) -> None:
     }, indent=1))
 
 
+def source_identity(source: Path) -> dict:
+    """Which source model a row adapted: retraining it on another CPU gives another model (see the README)."""
+    import hashlib
+
+    metrics = source.parent / "metrics.json"
+    return {"sha256": hashlib.sha256(source.read_bytes()).hexdigest()[:16],
+            "cuhk03_val_mAP": json.loads(metrics.read_text())["mAP"] if metrics.exists() else None}
+
+
 def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
     spec = ROWS[row]
     key = row_key(row, kmax, seed)
@@ -190,7 +199,7 @@ def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
             "kmax": kmax, "seed": seed, "budget": summary["budget"], "pool_images": summary["pool_images"], "answers": result.answers,
             "queries_browsed": browsed, "rounds": result.rounds, "final": {k: result.final()[k] for k in (*METRICS, "mINP")},
             "wall_seconds": round(wall, 1), "resumed": result.resumed_from_round is not None,
-            "config": to_dict(job), "commit": commit(), "machine": machine(),
+            "config": to_dict(job), "source": source_identity(source), "commit": commit(), "machine": machine(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "overrides": overrides}
 
 

@@ -126,3 +126,12 @@ def test_foreign_schema_part_raises_naming_file(tmp_path):
     pq.write_table(pa.table({"question_id": [0], "x": [1]}), tmp_path / "part-00000000.parquet")
     with pytest.raises(AnswerLogError, match="part-00000000.parquet"):
         AnswerLog(tmp_path).read()
+
+
+def test_a_second_writer_fails_loudly_instead_of_replacing_a_part(tmp_path):
+    first, second = AnswerLog(tmp_path), AnswerLog(tmp_path)  # both opened on the same (empty) folder
+    kept = first.append(rec(0))
+    with pytest.raises(FileExistsError, match="another process"):
+        second.append(rec(1))
+    assert AnswerLog(tmp_path).records() == [kept]  # the first writer's answer is intact
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
