@@ -68,16 +68,15 @@ def link_or_copy(src: str | os.PathLike, path: str | os.PathLike) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # no hard links here (some network or object-store mounts): copy, durably
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+        os.link(src, tmp)
+    except OSError:  # no hard links here (some network or object-store mounts): an atomic copy
+        with open(src, "rb") as s, atomic_open(path) as f:
+            shutil.copyfileobj(s, f)
+        return
+    try:
         _publish(str(tmp), path, exclusive=False)
-    except BaseException:
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
 
 
 def remove_temps(directory: str | os.PathLike) -> int:

@@ -66,9 +66,12 @@ def publish(out: Path, folder: Path) -> None:
 
 
 def read_state(out: Path) -> dict | None:
+    """The run's ``state.json`` (None before its first round is committed)."""
     path = Path(out) / "state.json"
-    if not path.is_file():
-        return None
+    return _read_json(path) if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
@@ -93,6 +96,6 @@ def load_round(out: Path) -> tuple[dict, Path] | None:
     manifest = folder / "round.json"
     if not manifest.is_file():
         raise ValueError(f"{out / 'state.json'} names {folder}, which has no round.json")
-    if json.loads(manifest.read_text()) != state:
+    if _read_json(manifest) != state:
         raise ValueError(f"{manifest} does not match {out / 'state.json'}")
     return state, folder

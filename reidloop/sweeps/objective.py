@@ -6,8 +6,9 @@ reaching a target mAP, the quantity DRAL's Fig. 4/5 compare strategies by (accur
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..active.checkpoints import read_state
 
 METRICS = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
@@ -34,7 +35,5 @@ def round_report(rows: list[dict], rounds_total: int, target_map: float | None =
 
 def completed_round(loop_dir: str | Path) -> int:
     """The last round whose checkpoint the loop wrote in ``loop_dir`` (0: none)."""
-    state = Path(loop_dir) / "state.json"
-    if not state.is_file():
-        return 0
-    return int(json.loads(state.read_text())["completed_round"])
+    state = read_state(Path(loop_dir))
+    return 0 if state is None else int(state["completed_round"])
