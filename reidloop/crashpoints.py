@@ -7,7 +7,8 @@ the answer log ``answers/compact``. A point is the end of the written path with 
 
 ``REIDLOOP_CRASH_AT=<point>@<n>`` ends the process with ``os._exit(CRASH_EXIT)`` — like a SIGKILL: no
 cleanup, no buffered write flushed — the n-th time (from 1) it reaches ``<point>``.
-``REIDLOOP_CRASH_TRACE=<file>`` appends every point reached to ``<file>``, one per line.
+``REIDLOOP_STOP_AT=<point>@<n>`` stops the process there with SIGSTOP instead (a test holds a live writer
+at a known point, then sends SIGCONT). ``REIDLOOP_CRASH_TRACE=<file>`` appends every point reached to ``<file>``, one per line.
 Unset (always, outside tests), :func:`reach` costs two dictionary lookups.
 
 ``POINTS`` lists every point an active-learning run reaches; ``tests/test_crash_points.py`` kills a run
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 from pathlib import Path
 
 CRASH_EXIT = 86
@@ -54,15 +56,21 @@ def point_of(path: str | os.PathLike) -> str:
 
 def reach(point: str) -> None:
     """A durable write is about to be published (see the module doc)."""
-    trace, at = os.environ.get("REIDLOOP_CRASH_TRACE"), os.environ.get("REIDLOOP_CRASH_AT")
-    if trace is None and at is None:
+    trace, at, stop = (os.environ.get(k) for k in ("REIDLOOP_CRASH_TRACE", "REIDLOOP_CRASH_AT", "REIDLOOP_STOP_AT"))
+    if trace is None and at is None and stop is None:
         return
     if trace:
         with open(trace, "a") as f:
             f.write(point + "\n")
-    if at:
-        name, _, nth = at.rpartition("@")
-        if name == point:
-            _counts[point] = _counts.get(point, 0) + 1
-            if _counts[point] == int(nth):
-                os._exit(CRASH_EXIT)
+    if at and _nth_time(at, point):
+        os._exit(CRASH_EXIT)
+    if stop and _nth_time(stop, point):
+        os.kill(os.getpid(), signal.SIGSTOP)  # frozen here until SIGCONT (a test holds a writer at a known point)
+
+
+def _nth_time(spec: str, point: str) -> bool:
+    name, _, nth = spec.rpartition("@")
+    if name != point:
+        return False
+    _counts[spec] = _counts.get(spec, 0) + 1
+    return _counts[spec] == int(nth)

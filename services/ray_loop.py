@@ -120,23 +120,20 @@ class RoundAsker:
 class RayActiveLearningLoop(ActiveLearningLoop):
     """``ActiveLearningLoop`` on Ray: actors for agent, labelling and episodes; Ray Train; sharded embedding."""
 
-    def __init__(self, job: LoopJob, progress: bool = True, on_round=None) -> None:
+    def __init__(self, job: LoopJob, progress: bool = True, on_round=None, lease_wait_s: float = 0.0) -> None:
         if job.dral.reward != "eq9":
             raise ConfigError(f"dral.reward: {job.dral.reward!r} runs in one process for now (run_job --local)")
         if job.rounds != "queries":
             raise ConfigError(f"rounds: {job.rounds!r} runs in one process for now (run_job --local); "
                               "the Ray loop cuts rounds by queries")
-        super().__init__(job, progress, on_round)
+        super().__init__(job, progress, on_round, lease_wait_s)
         self.agent: RemoteStrategy | None = None
         self.service: ServiceOracle | None = None
         self.workers: list = []
         self.recoveries: list[str] = []  # one line per round replayed after losing an actor's state
 
-    def run(self):
-        try:
-            return super().run()
-        finally:
-            self.shutdown()
+    def close(self) -> None:
+        self.shutdown()
 
     def shutdown(self) -> None:
         """Stop this run's actors (the answer log and checkpoints stay)."""

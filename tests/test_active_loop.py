@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from reidloop.active.finetune import components, pair_batches
-from reidloop.active.loop import ActiveLearningLoop, ResumeDiverged, round_slices
+from reidloop.active.loop import ActiveLearningLoop, round_slices
 from reidloop.answer_log import AnswerLog
-from reidloop.config import LoopJob, load_config
+from reidloop.config import ConfigError, LoopJob, load_config
 
 
 def tiny_job(out, checkpoint, cache, **over) -> LoopJob:
@@ -155,9 +155,13 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_checkpoint):
     with pytest.raises(Crash):
         CrashingLoop(job, after=4).run()
     changed = tiny_job(tmp_path / "r", tiny_checkpoint, cache, strategy="qiu")
-    with pytest.raises(ResumeDiverged):
+    with pytest.raises(ConfigError, match=r"cannot resume with a changed config \(strategy: 'dral' -> 'qiu'\)"):
         ActiveLearningLoop(changed, progress=False).run()
+    # a change that would not alter the replayed questions is refused too: one run folder, one experiment
+    with pytest.raises(ConfigError, match=r"\(finetune.lr: 0.0001 -> 0.001\)"):
+        ActiveLearningLoop(tiny_job(tmp_path / "r", tiny_checkpoint, cache, **{"finetune.lr": 1e-3}), progress=False).run()
     assert len(answered(tmp_path / "r")[0]) == 4  # the log is untouched
+    ActiveLearningLoop(job, progress=False).run()  # and the same config resumes
 
 
 def implied_when_asked(out) -> int:

@@ -32,8 +32,9 @@ def load(cls: type[T], args: argparse.Namespace) -> T:
 def run_or_exit(fn, *a, **kw):
     """Run ``fn``; expected user errors (bad data/config/files) exit with one clear line."""
     from reidloop.data.records import DatasetError
+    from reidloop.lease import LeaseHeld, LeaseLost
 
     try:
         return fn(*a, **kw)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError, LeaseHeld, LeaseLost) as exc:
         sys.exit(f"error: {exc}")

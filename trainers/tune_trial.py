@@ -25,8 +25,12 @@ import pyarrow.parquet as pq
 from ray import tune
 
 from reidloop import atomic
+from reidloop.lease import STALE_AFTER_S, Lease, clear_for_copy
 from reidloop.config.sweep import job_for, rounds_of
 from reidloop.sweeps.objective import completed_round, round_report
+
+
+LEASE_WAIT_S = STALE_AFTER_S + 30.0  # a previous start of this trial ends, or its lease goes stale, within this
 
 
 def loop_class(kind: str):
@@ -62,6 +66,7 @@ def restore(checkpoint: tune.Checkpoint | None, out: Path) -> int:
     with checkpoint.as_directory() as ckpt:
         if completed_round(ckpt) > completed_round(out):
             shutil.copytree(ckpt, staged)
+            clear_for_copy(staged)  # the reported folder's lease names the process that reported it
             if out.exists():
                 out.rename(old)
             staged.rename(out)
@@ -89,6 +94,10 @@ def run_trial(config: dict, setup: dict) -> None:
     out = trial_dir / "loop"
     events = trial_dir / "events.jsonl"
     job = job_for(setup["base"], {k: config[k] for k in setup["params"]}, output_dir=str(out))
+    # A restarted trial may start while the killed one's actor is still being reaped (or, on another node,
+    # until its lease goes stale): wait for it to end before touching the folder, then take the lease.
+    if out.exists():
+        Lease(out).acquire(wait_s=LEASE_WAIT_S).release()
     restored = restore(tune.get_checkpoint(), out)
     pretrained = setup.get("pretrained")
     if pretrained and job.checkpoint is None and not (out / "pretrained.pt").exists():
@@ -106,7 +115,7 @@ def run_trial(config: dict, setup: dict) -> None:
         tune.report(report, checkpoint=tune.Checkpoint.from_directory(str(out_dir)))
         reported.append(report["round"])
 
-    loop = loop_class(setup["loop"])(job, progress=False)
+    loop = loop_class(setup["loop"])(job, progress=False, lease_wait_s=LEASE_WAIT_S)
     loop.on_round = on_round  # called after each round's checkpoint is written
     loop.run()
     if not reported and restored:

@@ -65,6 +65,14 @@ def publish(out: Path, folder: Path) -> None:
         atomic.link_or_copy(folder / name, Path(out) / name)
 
 
+def has_progress(out: Path) -> bool:
+    """Whether the run folder holds anything a start would resume from (answers, a pre-trained model,
+    a warmed-up agent, a round checkpoint)."""
+    out = Path(out)
+    return any((out / name).exists() for name in ("state.json", "pretrained.pt", "strategy_warm.pt")) or \
+        any((out / "answers").glob("*.parquet"))
+
+
 def read_state(out: Path) -> dict | None:
     """The run's ``state.json`` (None before its first round is committed)."""
     path = Path(out) / "state.json"

@@ -35,10 +35,12 @@ from tqdm.auto import tqdm
 from .. import atomic
 from ..answer_log import AnswerLog
 from ..config import LoopJob, save_config, to_dict
+from ..config.resume import check_resume
 from ..data.records import ImageRecord, ReidSplits
 from ..data.registry import build_splits, split_identities
 from ..dral.env import QueryEpisodeEnv
 from ..dral.metric import Metric, fit_metric
+from ..lease import Lease
 from ..engine.evaluate import evaluate_features, format_metrics
 from ..engine.features import extract_features
 from ..engine.precision import resolve_device, resolve_precision
@@ -49,7 +51,7 @@ from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, build_strategy
 from .episodes import (AnswerFn, EpisodeStats, InferFn, known_answers, nearest_candidates_all,  # noqa: F401
                        round_slices, run_episode, split_pairs)  # (re-exported)
-from .checkpoints import commit_round, load_round, prune, publish
+from .checkpoints import commit_round, has_progress, load_round, prune, publish
 from .finetune import finetune, upperbound_pairs
 from .warmstart import WarmStartStats, warm_start
 
@@ -173,11 +175,15 @@ class ActiveLearningLoop:
     """
 
     def __init__(self, job: LoopJob, progress: bool = True,
-                 on_round: Callable[[dict, Path], None] | None = None) -> None:
+                 on_round: Callable[[dict, Path], None] | None = None, lease_wait_s: float = 0.0) -> None:
         self.job = job
         self.progress = progress
         self.on_round = on_round  # called with (metrics row, output dir) after each round's checkpoint
         self.out = Path(job.output_dir)
+        # One writer per run folder (reidloop.lease): a live holder fails the start at once, unless it is
+        # given this long to end (a restarted Tune trial waits for the killed one's actor to go)
+        self.lease_wait_s = lease_wait_s
+        self.lease: Lease | None = None
         self.budget: int | None = None  # the run's answer budget, and the queries after this round's: set by run()
         self.queries_after = 0
         self.device = resolve_device(job.pretrain.device)
@@ -186,8 +192,10 @@ class ActiveLearningLoop:
     def prepare(self) -> tuple[ReidSplits, list[ImageRecord], torch.nn.Module]:
         job = self.job
         self.out.mkdir(parents=True, exist_ok=True)
-        for folder in (self.out, self.out / "answers"):  # what a crash left half-written
+        for folder in (self.out, self.out / "answers"):  # what a crash left half-written (this is the one writer)
             atomic.remove_temps(folder)
+        if has_progress(self.out):  # a resume: the same experiment, or a clear refusal naming what changed
+            check_resume(self.out / "config.yaml", job)
         save_config(job, self.out / "config.yaml")
         splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
         self.labelled: list[ImageRecord] = []  # the pre-training identities (none when from a checkpoint)
@@ -323,6 +331,20 @@ class ActiveLearningLoop:
 
     # ---- main
     def run(self) -> LoopResult:
+        """Every round, under the run folder's writer lease; :meth:`close` and the lease's release on any exit."""
+        self.lease = Lease(self.out).acquire(wait_s=self.lease_wait_s)
+        try:
+            return self.run_rounds()
+        finally:
+            try:
+                self.close()
+            finally:
+                self.lease.release()
+
+    def close(self) -> None:
+        """Release what the run started (the Ray loop stops its actors here), before the lease goes."""
+
+    def run_rounds(self) -> LoopResult:
         job = self.job
         splits, pool, model = self.prepare()
         pids = np.array([r.pid for r in pool])
@@ -448,6 +470,8 @@ class ActiveLearningLoop:
             atomic.torch_save(strategy.state_dict(), folder / "strategy.pt")
             atomic.write_parquet(pa.Table.from_pylist(result.rounds), folder / "rounds.parquet")
 
+        if self.lease is not None:
+            self.lease.verify()  # a writer whose lease was taken over stops before its commit
         commit_round(self.out, r, {"answers": answers, "next_query": next_query}, write)
 
     def _load_state(self, model, strategy: Strategy, result: LoopResult) -> tuple[int, int]:
