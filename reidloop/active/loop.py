@@ -194,8 +194,8 @@ class ActiveLearningLoop:
         self.out.mkdir(parents=True, exist_ok=True)
         for folder in (self.out, self.out / "answers"):  # what a crash left half-written (this is the one writer)
             atomic.remove_temps(folder)
-        if has_progress(self.out):  # a resume: the same experiment, or a clear refusal naming what changed
-            check_resume(self.out / "config.yaml", job)
+        if has_progress(self.out) and (self.out / "config.yaml").exists():
+            check_resume(self.out / "config.yaml", job)  # a resume: the same experiment, or a refusal naming what changed
         save_config(job, self.out / "config.yaml")
         splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
         self.labelled: list[ImageRecord] = []  # the pre-training identities (none when from a checkpoint)
