@@ -26,6 +26,7 @@ from reidloop.active.warmstart import warm_start
 from reidloop.config import DralConfig
 from reidloop.strategies import RoundContext, Strategy, Transition, build_strategy
 
+from .ray_calls import wait
 from .env_workers import EpisodeView, LostActorState, Step, call_when_up
 
 
@@ -100,9 +101,9 @@ class RemoteStrategy:
     (empty) agent is never mistaken for the one that learnt the round so far.
     """
 
-    def __init__(self, handle) -> None:
-        self.handle = handle
-        info = ray.get(handle.info.remote())
+    def __init__(self, handle, timeout_s: float = 600.0, task_timeout_s: float = 7200.0) -> None:
+        self.handle, self.timeout_s, self.task_timeout_s = handle, timeout_s, task_timeout_s
+        info = wait(handle.info.remote(), timeout_s, "the agent actor.info")
         self.name: str = info["name"]
         self.asks_questions: bool = info["asks_questions"]
         self.finetune: str = info["finetune"]
@@ -112,8 +113,8 @@ class RemoteStrategy:
         self._context: Optional[RoundContext] = None
         self._round_start: Optional[dict] = None
 
-    def _call(self, method, *args):
-        reply = ray.get(method.remote(*args))
+    def _call(self, method, *args, timeout_s: Optional[float] = None):
+        reply = wait(method.remote(*args), timeout_s or self.timeout_s, f"the agent actor.{method._method_name}")
         incarnation, value = reply if isinstance(reply, tuple) else (reply, None)
         if incarnation != self.incarnation:
             raise LostActorState("the agent actor was restarted and lost its state")
@@ -135,7 +136,8 @@ class RemoteStrategy:
 
     def warm_start(self, features: np.ndarray, pids: np.ndarray, dral: DralConfig, passes: int, every: float,
                    seed: int) -> dict:
-        return self._call(self.handle.warm_start, features, pids, dral, passes, every, seed)
+        return self._call(self.handle.warm_start, features, pids, dral, passes, every, seed,
+                          timeout_s=self.task_timeout_s)
 
     # ---- lock-step
     def step(self, steps: list[Step], views: list[EpisodeView], obs_list, masks) -> list[int]:
@@ -154,7 +156,7 @@ class RemoteStrategy:
         """After a restart: adopt the new incarnation, reload the round-start snapshot, begin the round again."""
         if self._round_start is None or self._context is None:
             raise LostActorState("the agent was lost before its first round began; nothing to restore")
-        self.incarnation = call_when_up(self.handle.info)["incarnation"]
+        self.incarnation = call_when_up(self.handle.info, call_timeout_s=self.timeout_s)["incarnation"]
         self.load_state_dict(self._round_start)
         ctx = self._context
         self._call(self.handle.begin_round, ctx.round, self.context_ref, ctx.pos_pairs, ctx.neg_pairs)

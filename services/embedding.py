@@ -20,6 +20,8 @@ from reidloop.engine.features import extract_features
 from reidloop.engine.precision import resolve_device, resolve_precision
 from reidloop.models import ReidNet
 
+from .ray_calls import wait
+
 
 def model_payload(model: ReidNet) -> dict:
     """What rebuilds the model anywhere: architecture, classifier size and the CPU state dict."""
@@ -55,7 +57,7 @@ def shard_bounds(n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
 
 def embed_records(model: torch.nn.Module, records: Sequence[ImageRecord], *, height: int, width: int,
                   amp: str, batch_size: int, num_workers: int, shards: int, num_cpus: float,
-                  num_gpus: float) -> np.ndarray:
+                  num_gpus: float, timeout_s: float = 7200.0) -> np.ndarray:
     """The model's eval-mode embedding of every record, in order, computed by up to ``shards`` tasks."""
     records = list(records)
     bounds = shard_bounds(len(records), batch_size, shards)
@@ -63,6 +65,6 @@ def embed_records(model: torch.nn.Module, records: Sequence[ImageRecord], *, hei
         return np.empty((0, model.embed_dim), dtype=np.float32)
     ref = ray.put(model_payload(model))
     task = _embed_task.options(num_cpus=num_cpus, num_gpus=num_gpus)
-    parts = ray.get([task.remote(ref, records[a:b], height, width, amp, batch_size, num_workers)
-                     for a, b in bounds])
+    parts = wait([task.remote(ref, records[a:b], height, width, amp, batch_size, num_workers)
+                  for a, b in bounds], timeout_s, f"feature extraction of {len(records)} images")
     return np.concatenate(parts)

@@ -36,6 +36,8 @@ from reidloop.dral.env import QueryEpisodeEnv, reset_episode
 from reidloop.oracle import BudgetExhausted
 from reidloop.pair_knowledge import implied_answers
 
+from .ray_calls import wait
+
 
 class LostActorState(RuntimeError):
     """An actor was restarted (new incarnation): its in-memory state of this round is gone."""
@@ -127,6 +129,7 @@ class Slot:
 
     worker: object
     incarnation: str = ""
+    timeout_s: float = 600.0  # ray.call_timeout_s
     query: int = -1
     candidates: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     view: Optional[EpisodeView] = None
@@ -142,22 +145,23 @@ def _checked(slot: Slot, reply):
     return reply
 
 
-def call_when_up(method, *args, timeout_s: float = 120.0):
-    """``ray.get(method.remote(*args))``, waiting while Ray restarts the actor (calls without retries
-    fail fast with ActorUnavailableError then); an actor that is gone for good still raises."""
+def call_when_up(method, *args, timeout_s: float = 120.0, call_timeout_s: float = 600.0):
+    """``ray.get(method.remote(*args))``, waiting up to ``timeout_s`` while Ray restarts the actor (calls
+    without retries fail fast with ActorUnavailableError then); an actor that is gone for good still raises."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return ray.get(method.remote(*args))
+            return wait(method.remote(*args), call_timeout_s, f"actor call {method._method_name}")
         except ActorUnavailableError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
 
 
-def prepare_workers(workers: list, features_metric_ref) -> list[Slot]:
+def prepare_workers(workers: list, features_metric_ref, timeout_s: float = 600.0) -> list[Slot]:
     """Give every worker the round's (features, metric): one object-store copy, shared with the agent."""
-    return [Slot(w, call_when_up(w.set_round, features_metric_ref)) for w in workers]
+    return [Slot(w, call_when_up(w.set_round, features_metric_ref, call_timeout_s=timeout_s), timeout_s)
+            for w in workers]
 
 
 def _refill(slots: list[Slot], queue: deque, queries: np.ndarray, cands: np.ndarray, asker) -> None:
@@ -168,9 +172,9 @@ def _refill(slots: list[Slot], queue: deque, queries: np.ndarray, cands: np.ndar
         if not take:
             return
         known = asker.known_batch([(int(queries[i]), cands[i].tolist()) for _, i in take])
-        replies = ray.get([s.worker.reset.remote(int(queries[i]), cands[i],
-                                                 {a: y for a, y in enumerate(k) if y is not None})
-                           for (s, i), k in zip(take, known)])
+        replies = wait([s.worker.reset.remote(int(queries[i]), cands[i],
+                                              {a: y for a, y in enumerate(k) if y is not None})
+                        for (s, i), k in zip(take, known)], take[0][0].timeout_s, "an env worker.reset")
         for (s, i), reply in zip(take, replies):
             _checked(s, reply)
             s.query, s.candidates, s.view, s.obs, s.mask = int(queries[i]), cands[i], reply.view, reply.obs, reply.mask
@@ -188,7 +192,8 @@ def _reveal_implied(answered: list[tuple[Slot, Step]], asker) -> None:
             todo.append((s, step, implied))
     if not todo:
         return
-    for (s, step, _), reply in zip(todo, ray.get([s.worker.reveal.remote(k) for s, _, k in todo])):
+    replies = wait([s.worker.reveal.remote(k) for s, _, k in todo], todo[0][0].timeout_s, "an env worker.reveal")
+    for (s, step, _), reply in zip(todo, replies):
         _checked(s, reply)
         s.obs, s.mask = reply.obs, reply.mask
         step.next_obs, step.next_mask = reply.obs, reply.mask
@@ -216,7 +221,9 @@ def run_lockstep(slots: list[Slot], agent, asker, queries: np.ndarray, cands: np
         questions = [(s.query, int(s.candidates[a]), round_, s.asked) for s, a in zip(live, actions)]
         answers = asker.ask_batch(questions, agent.name)
         paid = [(s, a, y) for s, a, y in zip(live, actions, answers) if y is not None]
-        for (s, _, _), reply in zip(paid, ray.get([s.worker.apply.remote(a, y) for s, a, y in paid])):
+        replies = wait([s.worker.apply.remote(a, y) for s, a, y in paid], live[0].timeout_s,
+                       "an env worker.apply") if paid else []
+        for (s, _, _), reply in zip(paid, replies):
             _checked(s, reply)
             steps.append(reply.step)
             s.obs, s.mask, s.asked = reply.step.next_obs, reply.step.next_mask, reply.asked

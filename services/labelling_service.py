@@ -3,9 +3,10 @@
 It answers questions (q, g) with y = ±1 (DRAL Eq. 6) strictly in the order it is given them and is
 *idempotent*: a pair already in the log is answered from the log, free of budget. Its state is the log
 and the pool file (``pool.parquet``: index, person id, path) — the actor is created with
-``max_restarts`` and ``max_task_retries=-1``, so when it dies Ray restarts it, its constructor rebuilds
-oracle and budget from those files (``SimulatedOracle`` resumes from its log), and the call that was in
-flight is retried and gets the same answers without being counted twice.
+``max_restarts`` (``ray.actor_max_restarts``) and as many task retries, so when it dies Ray restarts it,
+its constructor rebuilds oracle and budget from those files (``SimulatedOracle`` resumes from its log),
+and the call that was in flight is retried and gets the same answers without being counted twice. Once
+the restarts are spent the call fails and the job ends, naming the service (``services.ray_calls``).
 
 Durability: each ``ask_batch`` is written as one Parquet part (temporary file, fsync, atomic rename)
 *before* the reply leaves the actor, so no answer anyone has seen can be lost — the guarantee of
@@ -31,6 +32,8 @@ from reidloop import atomic
 from reidloop.answer_log import AnswerLog
 from reidloop.config.schema import OracleConfig
 from reidloop.oracle import BudgetExhausted, SimulatedOracle
+
+from .ray_calls import wait
 
 Question = tuple[int, int, int, int]  # (query, candidate, round, step)
 NAMESPACE = "reidloop"
@@ -109,25 +112,28 @@ class ServiceOracle:
     that ``ActiveLearningLoop.run`` uses (``used``, ``remaining``, ``known``, ``ask``; ``read``,
     ``flush``, ``compact``, ``close``), plus the batched calls of the lock-step."""
 
-    def __init__(self, handle) -> None:
-        self.handle = handle
+    def __init__(self, handle, timeout_s: float = 600.0, name: str = "labelling service") -> None:
+        self.handle, self.timeout_s, self.name = handle, timeout_s, name
+
+    def _get(self, ref, method: str):
+        return wait(ref, self.timeout_s, f"{self.name}.{method}")
 
     @property
     def used(self) -> int:
-        return ray.get(self.handle.status.remote())[0]
+        return self._get(self.handle.status.remote(), "status")[0]
 
     @property
     def remaining(self) -> Optional[int]:
-        return ray.get(self.handle.status.remote())[1]
+        return self._get(self.handle.status.remote(), "status")[1]
 
     def known(self, query: int, candidate: int) -> Optional[int]:
-        return ray.get(self.handle.known_many.remote(int(query), [int(candidate)]))[0]
+        return self._get(self.handle.known_many.remote(int(query), [int(candidate)]), "known_many")[0]
 
     def known_batch(self, requests: list[tuple[int, Sequence[int]]]) -> list[list[Optional[int]]]:
-        return ray.get(self.handle.known_batch.remote(requests)) if requests else []
+        return self._get(self.handle.known_batch.remote(requests), "known_batch") if requests else []
 
     def ask_batch(self, questions: list[Question], strategy: str) -> list[Optional[int]]:
-        return ray.get(self.handle.ask_batch.remote(questions, strategy)) if questions else []
+        return self._get(self.handle.ask_batch.remote(questions, strategy), "ask_batch") if questions else []
 
     def ask(self, query: int, candidate: int, *, round: int, step: int, strategy: str) -> int:
         y = self.ask_batch([(int(query), int(candidate), round, step)], strategy)[0]
@@ -136,21 +142,22 @@ class ServiceOracle:
         return y
 
     def read(self) -> pa.Table:
-        return ray.get(self.handle.table.remote())
+        return self._get(self.handle.table.remote(), "table")
 
     def flush(self) -> None:
-        ray.get(self.handle.flush.remote())
+        self._get(self.handle.flush.remote(), "flush")
 
     def compact(self) -> None:
-        ray.get(self.handle.compact.remote())
+        self._get(self.handle.compact.remote(), "compact")
 
     def close(self) -> None:
-        ray.get(self.handle.close.remote())
+        self._get(self.handle.close.remote(), "close")
 
 
 def start_labelling_service(log_dir: str, pool_file: str, pids: np.ndarray, paths: Sequence[str],
                             cfg: OracleConfig, budget: int, max_restarts: int,
-                            wait_s: float = 60.0) -> ServiceOracle:
+                            wait_s: float = 60.0, call_timeout_s: float = 600.0,
+                            runtime_env: Optional[dict] = None) -> ServiceOracle:
     """Create the named service for ``log_dir`` once an earlier one (a killed driver's) is gone.
 
     The pool — pool index, person id, image path: what the answer log's indices refer to — is written
@@ -168,6 +175,8 @@ def start_labelling_service(log_dir: str, pool_file: str, pids: np.ndarray, path
         time.sleep(0.2)  # a killed driver's actors are reaped by Ray within a few seconds
     atomic.write_parquet(pa.table({"index": np.arange(len(pids)), "pid": np.asarray(pids, dtype=np.int64),
                                    "path": list(paths)}), pool_file)
+    # calls are idempotent, so each is retried across the (bounded) restarts of the actor
     handle = LabellingService.options(name=name, namespace=NAMESPACE, max_restarts=max_restarts,
-                                      max_task_retries=-1).remote(log_dir, pool_file, replace(cfg, budget=budget))
-    return ServiceOracle(handle)
+                                      max_task_retries=max_restarts, runtime_env=runtime_env,
+                                      ).remote(log_dir, pool_file, replace(cfg, budget=budget))
+    return ServiceOracle(handle, call_timeout_s, f"the labelling service {name!r}")

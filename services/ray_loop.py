@@ -41,11 +41,13 @@ from .agent_service import AgentService, RemoteStrategy
 from .embedding import embed_records
 from .env_workers import EnvWorker, LostActorState, prepare_workers, run_lockstep
 from .labelling_service import Question, ServiceOracle, pair_key, start_labelling_service
+from .ray_calls import died
 
 log = logging.getLogger(__name__)
 
 ROUND_RECOVERIES = 3  # agent / env-worker restarts survived per round before giving up
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by `ray job submit` for the entrypoint
+FAULT_ENV = ("REIDLOOP_CRASH_AT", "REIDLOOP_CRASH_TRACE")  # fault injection (reidloop.crashpoints) reaches the actors
 
 
 def connect(cfg: RayConfig) -> None:
@@ -55,13 +57,15 @@ def connect(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {}
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and JOB_CONFIG_ENV not in os.environ:  # inside a submitted job the job's runtime env rules
-        kwargs["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": threads}}
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", *FAULT_ENV) if os.environ.get(k)}
+    if env and JOB_CONFIG_ENV not in os.environ:  # inside a submitted job the job's runtime env rules
+        kwargs["runtime_env"] = {"env_vars": env}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        from .ray_auth import init_local  # a new local Ray with token authentication
+
+        init_local(include_dashboard=False, **kwargs)
 
 
 class RoundAsker:
@@ -135,6 +139,20 @@ class RayActiveLearningLoop(ActiveLearningLoop):
     def close(self) -> None:
         self.shutdown()
 
+    def run_rounds(self):
+        try:
+            return super().run_rounds()
+        except RayActorError as exc:  # gone for good (restarts spent): the job ends naming the actor
+            raise died(exc, self._roles(), self.job.ray.actor_max_restarts) from exc
+
+    def _roles(self) -> dict[str, str]:
+        """Actor id → what it is in this run, for error messages."""
+        roles = {h.handle._actor_id.hex(): what for h, what in ((self.agent, "the agent actor (AgentService)"),
+                                                                (self.service, "the labelling service (LabellingService)"))
+                 if h is not None}
+        roles.update({w._actor_id.hex(): f"env worker {i} (EnvWorker)" for i, w in enumerate(self.workers)})
+        return roles
+
     def shutdown(self) -> None:
         """Stop this run's actors (the answer log and checkpoints stay)."""
         handles = [*self.workers, *(h.handle for h in (self.agent, self.service) if h is not None)]
@@ -162,10 +180,10 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         restarts = job.ray.actor_max_restarts
         handle = AgentService.options(max_restarts=restarts, max_task_retries=0).remote(job.strategy, job.dral,
                                                                                       job.seed)
+        self.agent = RemoteStrategy(handle, job.ray.call_timeout_s, job.ray.task_timeout_s)
         # The env workers start alongside (process start-up overlaps); the ask rounds use them.
         self.workers = [EnvWorker.options(max_restarts=restarts, max_task_retries=0).remote(job.dral)
                         for _ in range(job.ray.env_workers)]
-        self.agent = RemoteStrategy(handle)
         if not self.agent.asks_questions:  # Baseline / UpperBound: no episodes to step
             for worker in self.workers:
                 ray.kill(worker, no_restart=True)
@@ -176,7 +194,8 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         out = self.out.resolve()
         self.service = start_labelling_service(str(out / "answers"), str(out / "pool.parquet"), pids,
                                                [r.path for r in pool], self.job.oracle, budget,
-                                               self.job.ray.actor_max_restarts)
+                                               self.job.ray.actor_max_restarts,
+                                               call_timeout_s=self.job.ray.call_timeout_s)
         return self.service, self.service
 
     def embed(self, model, records, desc: str) -> np.ndarray:
@@ -184,7 +203,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         return embed_records(model, records, height=job.data.height, width=job.data.width, amp=job.eval.amp,
                              batch_size=job.eval.batch_size, num_workers=job.data.num_workers,
                              shards=cfg.train_workers, num_cpus=cfg.cpus_per_train_worker,
-                             num_gpus=1 if cfg.use_gpu else 0)
+                             num_gpus=1 if cfg.use_gpu else 0, timeout_s=cfg.task_timeout_s)
 
     def finetune(self, model, pool, mode: str, round_: int, pairs: tuple, pids: np.ndarray,
                  truth: Optional[np.ndarray] = None):
@@ -214,7 +233,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         try:
             for attempt in range(ROUND_RECOVERIES + 1):
                 try:
-                    slots = prepare_workers(self.workers, ctx_ref)
+                    slots = prepare_workers(self.workers, ctx_ref, job.ray.call_timeout_s)
                     # a replayed round starts again from the round's knowledge
                     round_knowledge = copy.deepcopy(knowledge)
                     run_lockstep(slots, strategy, RoundAsker(asker, round_knowledge), queries, cands, round_,

@@ -151,6 +151,13 @@ def test_a_changed_config_is_refused_naming_every_changed_field(tmp_path):
     assert {"output_dir", "data.root", "eval.batch_size"} <= OPERATIONAL
 
 
+def test_an_operational_field_no_longer_valid_does_not_block_a_resume(tmp_path):
+    save_config(tiny(tmp_path), tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(text.replace("actor_max_restarts: 3", "actor_max_restarts: -1"))
+    check_resume(tmp_path / "config.yaml", tiny(tmp_path))  # (-1 was the default before restarts were bounded)
+
+
 def test_a_saved_config_that_no_longer_loads_is_refused_naming_the_file(tmp_path):
     (tmp_path / "config.yaml").write_text("dral: {no_such_key: 1}\n")
     with pytest.raises(ConfigError, match=r"config.yaml: the resumed run's saved config cannot be read"):
@@ -228,3 +235,8 @@ def test_a_second_driver_on_the_same_ray_fails_naming_the_first(ray_session, tmp
     finally:
         finish(first, tmp_path / "first.log")
     assert_every_answer_kept(out)
+
+
+def test_unbounded_actor_restarts_are_refused():
+    with pytest.raises(ConfigError, match=r"actor_max_restarts.*-1.*must be >= 0 \(unbounded restarts"):
+        tiny("x", **{"ray.actor_max_restarts": -1})

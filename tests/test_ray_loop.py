@@ -273,3 +273,23 @@ def test_agent_actor_warm_starts_exactly_like_the_core(ray_session):
         assert all(torch.equal(online[k], v) for k, v in local.agent.online.state_dict().items())
     finally:
         ray.kill(handle, no_restart=True)
+
+
+@pytest.mark.slow
+def test_an_actor_that_crashes_on_every_call_ends_the_job_naming_it(ray_session, work, tiny_checkpoint):
+    """The labelling service dies at its first answer-log write on every (re)start: the job must end, with
+    one line naming the service and its last error, once its restarts are spent — not wait forever."""
+    import ray
+
+    job = ray_job(work, tiny_checkpoint, "always-crashing", **{"ray.actor_max_restarts": 1, "strategy": "random"})
+    config = work / "always-crashing.yaml"
+    save_config(job, config)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "REIDLOOP_CRASH_AT": "answers/part-N.parquet@1"}
+    cmd = [sys.executable, "-m", "trainers.run_job", "--config", str(config), "--quiet",
+           "--set", f"ray.address={ray.get_runtime_context().gcs_address}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)  # bounded: a hang fails here
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the labelling service") and "ray.actor_max_restarts=1" in last, done.stderr[-3000:]
+    assert "its last error:" in last
+    assert logged(work / "always-crashing") == 0  # every crash came before its part was published

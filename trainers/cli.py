@@ -35,6 +35,11 @@ def run_or_exit(fn, *a, **kw):
     from reidloop.lease import LeaseHeld, LeaseLost
 
     try:
+        from services.ray_calls import ActorFailed
+    except ImportError:  # (an install without Ray)
+        ActorFailed = LeaseLost
+
+    try:
         return fn(*a, **kw)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError, LeaseHeld, LeaseLost) as exc:
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError, LeaseHeld, LeaseLost, ActorFailed) as exc:
         sys.exit(f"error: {exc}")

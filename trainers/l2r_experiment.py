@@ -126,9 +126,12 @@ def run(job: L2RExperimentJob, local: bool = False) -> list[dict]:
         import ray
 
         if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS")
-            ray.init(address=address or None, include_dashboard=False,
-                     **({} if address else {"runtime_env": {"env_vars": {"RAY_AUTH_MODE": "disabled"}}}))
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init(include_dashboard=False)  # the running cluster, with its own token
+            else:
+                from services.ray_auth import init_local
+
+                init_local(include_dashboard=False)  # a new local Ray with token authentication
         task = ray.remote(run_one).options(num_cpus=job.cpus_per_run, num_gpus=job.gpus_per_run, max_retries=1)
         data_ref = ray.put(data)
         pending = [task.remote(job_dict, s, seed, data_ref, state, sorter_cfg) for s, seed in jobs]
@@ -145,7 +148,6 @@ def main(argv=None) -> None:
     p = parser(__doc__)
     p.add_argument("--local", action="store_true", help="run sequentially in this process, without Ray")
     args = p.parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's per-cycle line reaches the log
     run_or_exit(run, load(L2RExperimentJob, args), args.local)

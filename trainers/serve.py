@@ -17,14 +17,17 @@ from .cli import load, parser, run_or_exit
 
 
 def serve_forever(cfg: ServeConfig) -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from ray import serve
 
+    from services.ray_auth import init_local
     from services.serve_app import deploy
 
     if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # the running cluster, with its own token
+        else:
+            init_local()  # a new local Ray with token authentication (services/ray_auth.py)
     url = deploy(cfg)
     print(f"serving {cfg.checkpoint} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
     try:

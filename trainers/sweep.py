@@ -99,9 +99,11 @@ def connect(num_cpus: int | None = None, threads: int = 1) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-    else:  # "local": never attach to some other Ray already running on this machine
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+    else:  # "local": never attach to some other Ray already running on this machine; token authentication
+        from services.ray_auth import init_local
+
+        init_local(num_cpus=num_cpus, include_dashboard=False,
+                   runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
 
 
 # ------------------------------------------------------------------------- the sweep

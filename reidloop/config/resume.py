@@ -50,7 +50,15 @@ def check_resume(path: str | Path, new: Any) -> None:
     """
     path = Path(path)
     try:
-        saved = from_dict(type(new), yaml.safe_load(path.read_text()) or {})
+        tree = yaml.safe_load(path.read_text()) or {}
+        for dotted in OPERATIONAL:  # never compared, so never a reason to refuse (e.g. a value no longer valid)
+            *parents, leaf = dotted.split(".")
+            node = tree
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+        saved = from_dict(type(new), tree)
     except (OSError, yaml.YAMLError, ConfigError) as exc:
         raise ConfigError(f"{path}: the resumed run's saved config cannot be read ({exc}); "
                           "use a new output_dir, or restore the file") from None

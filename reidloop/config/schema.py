@@ -270,13 +270,19 @@ class RayConfig:
     cpus_per_train_worker: float = 1.0
     storage_path: str = "runs/ray"  # Ray Train checkpoints; made absolute; a pyarrow filesystem URI works too
     max_failures: int = 2  # Ray Train FailureConfig: restarts from the last checkpoint
-    actor_max_restarts: int = -1  # agent / labelling-service actors (-1: always restart)
+    actor_max_restarts: int = 3  # agent / labelling-service / env-worker restarts (and call retries) before the job ends
+    call_timeout_s: float = 600.0  # longest wait for one reply of the agent, labelling service or an env worker
+    task_timeout_s: float = 7200.0  # longest wait for feature extraction or the agent's warm-up (grow with the data)
 
     def __post_init__(self) -> None:
         _check(self.env_workers >= 1, "env_workers", self.env_workers, "must be >= 1")
         _check(self.train_workers >= 1, "train_workers", self.train_workers, "must be >= 1")
         _check(self.cpus_per_train_worker >= 0, "cpus_per_train_worker", self.cpus_per_train_worker, "must be >= 0")
         _check(self.max_failures >= -1, "max_failures", self.max_failures, "must be >= -1")
+        _check(self.actor_max_restarts >= 0, "actor_max_restarts", self.actor_max_restarts,
+               "must be >= 0 (unbounded restarts turn an actor that crashes on every call into a job that never ends)")
+        _check(self.call_timeout_s > 0, "call_timeout_s", self.call_timeout_s, "must be > 0")
+        _check(self.task_timeout_s > 0, "task_timeout_s", self.task_timeout_s, "must be > 0")
 
 
 @dataclass
