@@ -13,11 +13,28 @@ CUHK03 ?= ../shared/data/cuhk03
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package from the lock, each file checked against its sha256 (pip and setuptools too), then the
+# project itself without dependencies, built by the locked setuptools (no build isolation: nothing unhashed).
+LOCK   := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
+
+# Re-resolve requirements.lock from pyproject.toml (dependencies + the dev extra) plus pip and setuptools (the
+# installer and the build backend) for Linux x86_64, CPython 3.11, with hashes; versions already locked are
+# kept while pyproject.toml allows them, UPGRADE=1 moves every package to its newest allowed release.
+# uv runs from its own venv under .cache/ (needs PyPI).
+UV_VERSION ?= 0.13.9
+UV_VENV    ?= .cache/uv-$(UV_VERSION)
+.PHONY: lock
+lock:
+	@test -x $(UV_VENV)/bin/uv || { $(PYTHON) -m venv $(UV_VENV) && $(UV_VENV)/bin/pip install -q uv==$(UV_VERSION); }
+	printf 'pip\nsetuptools\n' | $(UV_VENV)/bin/uv pip compile -q pyproject.toml - --extra dev --generate-hashes \
+	    --python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+	    $(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 # The main job on the built-in synthetic data.
 run: $(STAMP)

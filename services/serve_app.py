@@ -3,8 +3,9 @@
 Three deployments compose the Ray-free core of ``reidloop.serving``:
 
 * ``ReidApi`` (ingress, stateless, scalable): reads the body up to ``max_body_bytes``, parses the
-  upload, decodes and resizes the images (pixel limit), and maps every ``ServingError`` to a 4xx
-  JSON ``{"error": "..."}``.
+  upload (JSON nested at most ``MAX_JSON_DEPTH`` levels), decodes and resizes the images (pixel limit),
+  and maps every ``ServingError`` to a 4xx JSON ``{"error": "..."}``. No answer holds a filesystem
+  path: ``/version`` reports checkpoint ids, file names, times and error codes (``reidloop.serving.redact``).
 * ``Embedder`` (scalable: ``num_replicas`` or ``autoscaling``): ``POST /embed``, batched with
   ``@serve.batch``; each replica follows the checkpoint on its own.
 * ``Gallery`` (one replica: it holds the index): ``/search`` (batched) and gallery maintenance,
@@ -23,7 +24,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from fastapi import FastAPI, Request
@@ -36,8 +37,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reidloop.config import from_dict, load_config, to_dict
 from reidloop.config.serve import ServeConfig
-from reidloop.serving import (InputTransform, ReidService, ServingError, Upload, make_entry, parse_id_list,
-                              parse_k, parse_meta, parse_upload)
+from reidloop.serving import (MAX_JSON_DEPTH, InputTransform, ReidService, ServingError, Upload, make_entry,
+                              parse_id_list, parse_k, parse_meta, parse_upload, redact_paths)
 
 log = logging.getLogger("reidloop.serve")
 USER_CONFIG_KEYS = ("checkpoint", "watch_interval_s")
@@ -81,7 +82,7 @@ ERROR_CASES = {
     409: "gallery id already in use",
     413: "body larger than max_body_bytes, or image larger than max_pixels",
     415: "content type is not an image type (nor multipart/form-data)",
-    422: "missing or unknown field, or a bad value",
+    422: f"missing or unknown field, or a bad value (JSON nested deeper than {MAX_JSON_DEPTH} levels too)",
     507: "gallery full (max_gallery_size)",
 }
 
@@ -110,7 +111,8 @@ app = FastAPI(title="reidloop Re-ID service", version="1",
 
 @app.exception_handler(ServingError)
 async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-    return JSONResponse({"error": getattr(exc, "message", str(exc))}, status_code=getattr(exc, "status", 400))
+    message = redact_paths(getattr(exc, "message", str(exc)))  # client input echoed back, never a server path
+    return JSONResponse({"error": message}, status_code=getattr(exc, "status", 400))
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -131,6 +133,30 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 # ---------------------------------------------------------------- model replicas
+class Refused(NamedTuple):
+    """A client error (ServingError) a model replica returns instead of raising it: Serve logs every
+    exception a replica method raises, with a traceback, and a duplicate or unknown id is no server fault.
+    The ingress raises it again (``_answer``)."""
+
+    status: int
+    message: str
+
+
+def _refusing(fn: Callable) -> Callable:
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ServingError as exc:
+            return Refused(exc.status, exc.message)
+    return call
+
+
+def _answer(result: Any) -> JSONResponse:
+    if isinstance(result, Refused):
+        raise ServingError(result.status, result.message)
+    return JSONResponse(result)
+
+
 class _ModelReplica:
     """A ``ReidService`` that follows its checkpoint; model work runs off the replica's event loop."""
 
@@ -149,8 +175,7 @@ class _ModelReplica:
             self._wake.clear()
             if self._interval > 0:
                 try:
-                    if self.service.reload():
-                        log.info("swapped to %s", self.service.version_info()["checkpoint"])
+                    self.service.reload()  # logs the swap, or the error it records for /version
                 except Exception:  # reload records checkpoint errors itself; never let the watcher die
                     log.exception("checkpoint watcher")
 
@@ -223,15 +248,15 @@ class Gallery(_ModelReplica):
         return {"ids": [e.gallery_id for e in entries], "gallery_size": state.index.size,
                 "model_version": state.model.version}
 
-    async def add(self, entries: list, images: list[torch.Tensor]) -> dict:
-        return await self._run(self._admin_pool, self._add, entries, images)
+    async def add(self, entries: list, images: list[torch.Tensor]) -> dict | Refused:
+        return await self._run(self._admin_pool, _refusing(self._add), entries, images)
 
     def _remove(self, gallery_ids: list[str]) -> dict:
         state = self.service.remove(gallery_ids)
         return {"removed": list(gallery_ids), "gallery_size": state.index.size, "model_version": state.model.version}
 
-    async def remove(self, gallery_ids: list[str]) -> dict:
-        return await self._run(self._admin_pool, self._remove, gallery_ids)
+    async def remove(self, gallery_ids: list[str]) -> dict | Refused:
+        return await self._run(self._admin_pool, _refusing(self._remove), gallery_ids)
 
 
 # ---------------------------------------------------------------- HTTP ingress
@@ -290,7 +315,7 @@ class ReidApi:
         upload = await self._upload(request, ("gallery_id", "person_id", "camera"))
         f = upload.fields
         entry = make_entry(f.get("gallery_id"), f.get("person_id"), f.get("camera"))
-        return JSONResponse(await self.gallery.add.remote([entry], await self._images(upload)))
+        return _answer(await self.gallery.add.remote([entry], await self._images(upload)))
 
     @app.post("/gallery/batch", summary="Index several images (all or none)",
               openapi_extra=_image_body({"meta": {"type": "string", "description": "JSON list, one object per "
@@ -299,17 +324,17 @@ class ReidApi:
     async def gallery_add_batch(self, request: Request) -> JSONResponse:
         upload = await self._upload(request, ("meta",), max_files=self.cfg.max_files)
         entries = parse_meta(upload.fields.get("meta"), len(upload.files))
-        return JSONResponse(await self.gallery.add.remote(entries, await self._images(upload)))
+        return _answer(await self.gallery.add.remote(entries, await self._images(upload)))
 
     @app.delete("/gallery/{gallery_id}", summary="Remove one image", responses=errors(404))
     async def gallery_remove(self, gallery_id: str) -> JSONResponse:
-        return JSONResponse(await self.gallery.remove.remote([gallery_id]))
+        return _answer(await self.gallery.remove.remote([gallery_id]))
 
     @app.delete("/gallery", summary="Remove several images (all or none)", responses=errors(404, 413, 422),
                 openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "array", "items": {"type": "string"}}}}}})
     async def gallery_remove_batch(self, request: Request) -> JSONResponse:
-        return JSONResponse(await self.gallery.remove.remote(parse_id_list(await self._body(request))))
+        return _answer(await self.gallery.remove.remote(parse_id_list(await self._body(request))))
 
     @app.get("/health", summary="Liveness of the ingress and both model deployments")
     async def health(self) -> dict:
@@ -317,11 +342,12 @@ class ReidApi:
         return {"status": "ok", "model_version": g["model_version"], "embedder_version": e["model_version"],
                 "gallery_size": g["gallery_size"]}
 
-    @app.get("/version", summary="The served checkpoint: id, path, metrics, load time, last reload error")
+    @app.get("/version", summary="The served checkpoint: id, file name, metrics, load time, last reload error "
+             "(a code and a time; never a path)")
     async def version(self) -> dict:
         g, e = await asyncio.gather(self.gallery.version.remote(), self.embedder.version.remote())
         e.pop("gallery_size", None)
-        return {**g, "embedder": e}
+        return redact_paths({**g, "embedder": e})
 
 
 # ---------------------------------------------------------------- building and starting

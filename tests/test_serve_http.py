@@ -3,12 +3,14 @@
 One deployment serves the whole module: a random-init resnet18 checkpoint at 32×16 and the
 synthetic_tiny PNGs. Every wait polls a condition with a deadline.
 """
+import hashlib
 import io
 import json
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from reidloop.metrics.distance import pairwise_distance
 from reidloop.models import build_model, load_checkpoint, save_checkpoint
 
 H, W = 32, 16
-MAX_BODY = 256 * 1024
+MAX_BODY = 256 * 1024  # > 200,000: the nested-JSON bodies below must reach the parser
 MAX_PIXELS = 500_000
 TIMEOUT = 20  # seconds per HTTP call
 
@@ -115,6 +117,32 @@ def get(url: str) -> dict:
     r = requests.get(url, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def leaked_paths(value, served) -> list[str]:
+    """Every string in ``value`` (keys too, recursively) that starts a rooted path ("/", "~", "\\") or holds
+    one of the server's folders (the test's temporary root, the repository)."""
+    roots = (str(served["run_dir"].parent.parent), str(Path(__file__).resolve().parents[1]))
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in leaked_paths(k, served) + leaked_paths(v, served)]
+    if isinstance(value, list):
+        return [s for v in value for s in leaked_paths(v, served)]
+    if isinstance(value, str) and (value.startswith(("/", "~", "\\")) or any(r in value for r in roots)):
+        return [value]
+    return []
+
+
+def checkpoint_id(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def ray_logs_mentioning(word: str) -> list[str]:
+    """The files of this Ray session's log folder (driver, workers, Serve replicas) that contain ``word``."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return sorted(str(p.relative_to(logs)) for p in logs.rglob("*")
+                  if p.is_file() and word.encode() in p.read_bytes())
 
 
 def offline_features(checkpoint, records) -> np.ndarray:
@@ -230,6 +258,8 @@ def _bad_inputs(real_png: bytes):
         ("unknown ids in a batch delete", "delete", "/gallery", dict(json=["g0", "nope"]), 404, "nope"),
         ("delete body not JSON", "delete", "/gallery", dict(data=b"{oops", headers={"content-type": "text/json"}),
          422, "not valid JSON"),
+        ("file named like a server path", "post", "/embed",
+         dict(files={"image": ("/srv/reidloop/secret.png", b"nope", "image/png")}), 400, "image[0] <path>: not an image"),
         ("unknown route", "get", "/nowhere", {}, 404, "Not Found"),
         ("wrong method", "get", "/embed", {}, 405, "Method Not Allowed"),
     ]
@@ -244,12 +274,16 @@ def test_each_bad_input_gets_a_4xx_json_error_and_the_service_still_answers(inde
         body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
         if r.status_code != status or fragment not in body.get("error", ""):
             failures.append(f"{name}: got {r.status_code} {r.text[:300]!r}, expected {status} with {fragment!r}")
+        if leaked_paths(body, indexed):
+            failures.append(f"{name}: the answer names a path: {leaked_paths(body, indexed)}")
         health = requests.get(url + "/health", timeout=TIMEOUT)
         if health.status_code != 200 or health.json()["status"] != "ok":
             failures.append(f"after {name}: /health answered {health.status_code} {health.text[:200]!r}")
     assert not failures, "\n".join(failures)
     assert get(url + "/health")["gallery_size"] == size_before  # rejected batches added nothing
     assert post_image(url + "/embed", ok_png).status_code == 200
+    # a client's mistake (a duplicate or unknown id, answered by the Gallery replica) logs no traceback
+    assert ray_logs_mentioning("ServingError") == []
 
 
 def test_swap_changes_version_while_requests_keep_succeeding(indexed):
@@ -305,9 +339,14 @@ def test_bad_checkpoint_is_reported_and_the_old_model_keeps_serving(served):
     os.replace(tmp, run_dir / "model.pt")  # atomically, as a training run writes it
     v = wait_for(lambda: (v := get(url + "/version"))["last_error"] and v["embedder"]["last_error"] and v,
                  "the failed load to be reported")
-    assert "not a readable checkpoint" in v["last_error"]["error"]
-    assert v["last_error"]["checkpoint"].endswith("model.pt")
+    for replica in (v, v["embedder"]):  # a code, the file's name and a time: no path, no exception text
+        assert set(replica["last_error"]) == {"code", "checkpoint_name", "at"}, replica["last_error"]
+        assert replica["last_error"]["code"] == "checkpoint_unreadable"
+        assert replica["last_error"]["checkpoint_name"] == "model.pt"
+        assert replica["last_error"]["at"] > replica["loaded_at"]
+    assert leaked_paths(v, served) == [] and leaked_paths(before, served) == [], v
     assert v["model_version"] == before["model_version"] and v["metrics"] == before["metrics"]
+    assert get(url + "/health")["status"] == "ok" and leaked_paths(get(url + "/health"), served) == []
     assert get(url + "/health")["status"] == "ok"
     r = post_image(url + "/embed", served["splits"].query[0].path)
     assert r.status_code == 200 and r.json()["model_version"] == before["model_version"]
@@ -322,16 +361,71 @@ def test_reconfigure_user_config_switches_checkpoint_and_keeps_the_gallery(index
     url = indexed["url"]
     before = get(url + "/version")
     other = tmp_path / "other.pt"
-    write_checkpoint(other, seed=3, round=7)
-    user_config = {"checkpoint": str(other), "watch_interval_s": 0.1}
-    deploy_config(indexed["cfg"].port, indexed["config_file"],
-                  [{"name": name, "user_config": user_config} for name in ("Embedder", "Gallery")])
-    v = wait_for(lambda: (v := get(url + "/version"))["checkpoint"] == str(other)
-                 and v["embedder"]["checkpoint"] == str(other) and v, "reconfigure to the other checkpoint")
-    assert v["metrics"] == {"round": 7} and v["source"] == str(other) and v["last_error"] is None
+    write_checkpoint(other, seed=3, round=7, weights=str(tmp_path / "init.pth"))  # a path inside the metrics
+    expected = checkpoint_id(other)
+
+    def reconfigure(checkpoint: str) -> None:
+        user_config = {"checkpoint": checkpoint, "watch_interval_s": 0.1}
+        deploy_config(indexed["cfg"].port, indexed["config_file"],
+                      [{"name": name, "user_config": user_config} for name in ("Embedder", "Gallery")])
+
+    reconfigure(str(other))
+    v = wait_for(lambda: (v := get(url + "/version"))["checkpoint_id"] == expected
+                 and v["embedder"]["checkpoint_id"] == expected and v, "reconfigure to the other checkpoint")
+    assert v["metrics"] == {"round": 7, "weights": "<path>"} and v["checkpoint_name"] == "other.pt"
+    assert v["last_error"] is None and leaked_paths(v, indexed) == []
     assert v["gallery_size"] == before["gallery_size"] > 0  # same replica: gallery kept, re-embedded
     m = post_image(url + "/search", indexed["splits"].gallery[3].path, k="1").json()["matches"]
     assert m[0]["gallery_id"] == "g3" and m[0]["score"] > 0.99
+
+    # a checkpoint that is not there: a code, no path (not even the one asked for), the model kept
+    reconfigure(str(tmp_path / "no-such-dir" / "gone.pt"))
+    v = wait_for(lambda: (v := get(url + "/version"))["last_error"] and v["embedder"]["last_error"] and v,
+                 "the missing checkpoint to be reported")
+    assert v["last_error"]["code"] == v["embedder"]["last_error"]["code"] == "checkpoint_missing"
+    assert v["last_error"]["checkpoint_name"] == "gone.pt" and leaked_paths(v, indexed) == [], v
+    assert v["checkpoint_id"] == expected and get(url + "/health")["status"] == "ok"
+    reconfigure(str(other))  # back to a loadable one: the error clears
+    wait_for(lambda: (v := get(url + "/version"))["last_error"] is None and v["embedder"]["last_error"] is None,
+             "the error to clear")
+
+
+def test_json_nested_any_depth_gets_a_4xx_and_no_traceback(indexed):
+    from reidloop.serving import MAX_JSON_DEPTH
+
+    url = indexed["url"]
+    size = get(url + "/health")["gallery_size"]
+    img = ("x.png", open(indexed["splits"].query[0].path, "rb").read(), "image/png")
+    deep = "[" * 100_000  # 100 KB < MAX_BODY: it reaches the parser
+    too_deep = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    cases = [  # (what, method, path, kwargs, status, fragment)
+        ("100,000 '[' to DELETE /gallery", "delete", "/gallery",
+         dict(data=deep, headers={"content-type": "application/json"}), 422, too_deep),
+        ("100,000 '[' closed again", "delete", "/gallery", dict(data=deep + "]" * 100_000), 422, too_deep),
+        (f"{MAX_JSON_DEPTH + 1} levels around a valid id", "delete", "/gallery",
+         dict(data="[" * (MAX_JSON_DEPTH + 1) + '"g0"' + "]" * (MAX_JSON_DEPTH + 1)), 422, too_deep),
+        ("20 levels: valid JSON of the wrong shape", "delete", "/gallery",
+         dict(data="[" * 20 + '"g0"' + "]" * 20), 422, "expected a non-empty JSON list of gallery ids"),
+        ("100,000 '[' as the meta field", "post", "/gallery/batch", dict(files=[("image", img)], data={"meta": deep}),
+         422, f"meta: {too_deep}"),
+        ("20 levels of meta", "post", "/gallery/batch",
+         dict(files=[("image", img)], data={"meta": "[" * 20 + "{}" + "]" * 20}), 422, "meta: expected a JSON list"),
+        ("100,000 '[' as a JSON body to /search", "post", "/search",
+         dict(data=deep, headers={"content-type": "application/json"}), 415, "not an image type"),
+        ("100,000 '[' as an image to /embed", "post", "/embed",
+         dict(data=deep, headers={"content-type": "image/png"}), 400, "not an image"),
+        ("100,000 '[' as a gallery image", "post", "/gallery",
+         dict(files={"image": ("x.png", deep.encode(), "image/png")}), 400, "not an image"),
+    ]
+    failures = []
+    for name, method, path, kwargs, status, fragment in cases:
+        r = getattr(requests, method)(url + path, timeout=TIMEOUT, **kwargs)
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        if r.status_code != status or fragment not in body.get("error", ""):
+            failures.append(f"{name}: got {r.status_code} {r.text[:300]!r}, expected {status} with {fragment!r}")
+    assert not failures, "\n".join(failures)
+    assert get(url + "/health")["gallery_size"] == size  # nothing was added or removed
+    assert ray_logs_mentioning("RecursionError") == []  # no traceback logged on the way
 
 
 def test_deploy_config_file_is_valid_for_serve():

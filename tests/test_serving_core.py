@@ -17,9 +17,10 @@ from reidloop.engine.features import extract_features
 from reidloop.engine.precision import checked_precision, resolve_precision
 from reidloop.metrics.distance import pairwise_distance
 from reidloop.models import build_model, load_checkpoint, save_checkpoint
-from reidloop.serving import (CheckpointFollower, GalleryEntry, GalleryIndex, InputTransform, ReidService,
-                              ServingError, decode_image, load_serving_model, make_entry, parse_id_list, parse_k,
-                              parse_meta, parse_multipart, parse_upload, resolve_checkpoint)
+from reidloop.serving import (MAX_JSON_DEPTH, RELOAD_ERRORS, CheckpointError, CheckpointFollower, GalleryEntry,
+                              GalleryIndex, InputTransform, ReidService, ServingError, decode_image, load_serving_model,
+                              make_entry, parse_id_list, parse_json, parse_k, parse_meta, parse_multipart, parse_upload,
+                              redact_paths, resolve_checkpoint)
 
 H, W = 32, 16
 CPU = torch.device("cpu")
@@ -146,6 +147,42 @@ def test_parameter_parsers():
         make_entry("has space")
 
 
+def nested(depth: int, inner: str = '"a"', closed: bool = True) -> str:
+    return "[" * depth + inner + ("]" * depth if closed else "")
+
+
+def test_json_of_any_depth_is_a_422_never_a_recursion_error():
+    deep = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+    for raw in (nested(100_000, "", closed=False), nested(100_000), nested(MAX_JSON_DEPTH + 1), "[" * 500 + "]" * 500,
+                '{"a": ' * 1000 + "1" + "}" * 1000, f'[{{"ids": {nested(MAX_JSON_DEPTH)}}}]'):
+        for parse in (lambda r: parse_id_list(r.encode()), lambda r: parse_meta(r, 1)):
+            with errors_with(422, deep):
+                parse(raw)
+    assert parse_json(nested(MAX_JSON_DEPTH - 1, "[]"), "x") is not None  # exactly the limit is fine
+    # valid JSON within the limit but of the wrong shape, and invalid JSON: the usual messages
+    with errors_with(422, "expected a non-empty JSON list of gallery ids"):
+        parse_id_list(nested(20).encode())
+    with errors_with(422, "meta: expected a JSON list of 1 objects"):
+        parse_meta(nested(20), 1)
+    for raw in (b"[" * 20 + b"}", b"1" * 5000, b'["' + b"[" * 100):  # 5000 digits: int() refuses them
+        with errors_with(422, "body: not valid JSON"):
+            parse_id_list(raw)
+    # brackets inside strings do not nest, and many shallow objects are fine
+    assert parse_id_list(b'["' + b"[" * 1000 + b'"]') == ["[" * 1000]
+    assert len(parse_meta("[" + ", ".join(['{"person_id": 1}'] * 64) + "]", 64)) == 64
+
+
+def test_redact_paths_leaves_no_rooted_path():
+    value = {"weights": "/data/weights/resnet.pth", "home": "~/x.pt", "win": "C:\\ckpt\\m.pt",
+             "msg": "cannot read '/srv/runs/a/model.pt' (errno 2)", "/etc/key": ["see /tmp/x.", 1, None],
+             "name": "image[0] /srv/up/a.png: not an image", "url": "from http://host/x/y",
+             "kept": ["image/png", "cpu/bf16+channels_last", "1/2", "a / b", "relative/model.pt", "model.pt"]}
+    out = redact_paths(value)
+    assert out == {"weights": "<path>", "home": "<path>", "win": "<path>", "msg": "cannot read '<path>' (errno 2)",
+                   "<path>": ["see <path>.", 1, None], "name": "image[0] <path>: not an image",
+                   "url": "from http:<path>", "kept": value["kept"]}
+
+
 # ---------------------------------------------------------------- gallery index
 def test_gallery_search_matches_brute_force_and_snapshots_are_isolated():
     rng = np.random.default_rng(0)
@@ -223,13 +260,15 @@ def test_load_serving_model_reports_bad_checkpoints(tmp_path):
     assert m.dim == 512 and len(m.version) == 12 and m.metrics == {"round": 3, "mAP": 0.5, "curve": [0, 1, 2],
                                                                     "nan": None}
     (tmp_path / "junk.pt").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="junk.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable checkpoint") as info:  # a ValueError
         load_serving_model(tmp_path / "junk.pt", precision, t)
+    assert info.value.code == "checkpoint_unreadable"
     ckpt = torch.load(tmp_path / "ok.pt", weights_only=True)
     ckpt["config"]["backbone"] = "mobilenet_v2"  # weights of one architecture, config of another
     torch.save(ckpt, tmp_path / "wrong.pt")
-    with pytest.raises(ValueError, match="wrong.pt: checkpoint does not match its config"):
+    with pytest.raises(ValueError, match="wrong.pt: checkpoint does not match its config") as info:
         load_serving_model(tmp_path / "wrong.pt", precision, t)
+    assert info.value.code == "checkpoint_mismatch" and info.value.code in RELOAD_ERRORS
 
 
 # ---------------------------------------------------------------- the per-replica service
@@ -267,8 +306,20 @@ def test_forced_bf16_service_stays_within_bf16_tolerance(service_cfg, synthetic_
     assert svc.version_info()["precision"] == effective in ("cpu/bf16+channels_last", "cpu/fp32+channels_last")
 
 
+def rooted_strings(value, roots=()) -> list[str]:
+    """Every string in ``value`` (keys too) that starts a rooted path or holds one of ``roots``."""
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in rooted_strings(k, roots) + rooted_strings(v, roots)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in rooted_strings(v, roots)]
+    if isinstance(value, str) and (value.startswith(("/", "~", "\\")) or any(r in value for r in roots)):
+        return [value]
+    return []
+
+
 def test_reload_swaps_model_and_gallery_together_and_survives_bad_checkpoints(service_cfg, synthetic_tiny):
     svc = ReidService(service_cfg)
+    roots = (service_cfg.checkpoint, os.path.dirname(service_cfg.checkpoint))
     t = InputTransform(H, W)
     recs = synthetic_tiny.gallery[:5]
     images = [t(open(r.path, "rb").read(), max_pixels=10_000) for r in recs]
@@ -291,16 +342,23 @@ def test_reload_swaps_model_and_gallery_together_and_survives_bad_checkpoints(se
     os.replace(ckpt + ".tmp", ckpt)
     assert svc.reload() is False and svc.state is new
     info = svc.version_info()
-    assert "not a readable checkpoint" in info["last_error"]["error"] and info["model_version"] == new.model.version
+    assert info["last_error"]["code"] == "checkpoint_unreadable" and info["model_version"] == new.model.version
+    assert info["last_error"]["checkpoint_name"] == "model.pt" and info["last_error"]["at"] >= new.model.loaded_at
     assert svc.reload() is False and svc.version_info()["last_error"] == info["last_error"]  # not retried
+    assert rooted_strings(info, roots) == []
 
     other = os.path.join(service_cfg.checkpoint, "other.pt")
-    write_checkpoint(other, 2, round=2)
+    write_checkpoint(other, 2, round=2, weights=str(other), note=f"initialised from {other}")
     assert svc.reload(other) is True  # what reconfigure(user_config) does
     info = svc.version_info()
-    assert info["last_error"] is None and info["source"] == other and info["metrics"] == {"round": 2}
-    assert svc.reload(os.path.join(service_cfg.checkpoint, "missing.pt")) is False
-    assert "FileNotFoundError" in svc.version_info()["last_error"]["error"]
+    assert info["last_error"] is None and info["checkpoint_name"] == "other.pt"
+    assert info["metrics"] == {"round": 2, "weights": "<path>", "note": "initialised from <path>"}
+    assert svc.reload(os.path.join(service_cfg.checkpoint, "missing", "missing.pt")) is False
+    info = svc.version_info()
+    assert info["last_error"]["code"] == "checkpoint_missing" and info["last_error"]["checkpoint_name"] == "missing.pt"
+    assert info["checkpoint_name"] == "other.pt" and rooted_strings(info, roots) == []
+    assert set(info) == {"model_version", "checkpoint_id", "checkpoint_name", "metrics", "loaded_at", "dim",
+                         "precision", "swaps", "last_error"}
     assert svc.search(images[4:5], [1])[0][0][0]["gallery_id"] == "g4"
     state = svc.remove(["g4", "g0"])
     assert state.index.size == 3 and svc.search(images[4:5], [3])[0][0][0]["gallery_id"] != "g4"

@@ -29,6 +29,38 @@ from .images import InputTransform
 CHECKPOINT_NAMES = ("model.pt", "pretrained.pt")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be served. ``code`` is what ``GET /version`` reports (one of
+    RELOAD_ERRORS); the message, which names the file, is for the server's log only."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# The codes of a failed (re)load, as ``last_error.code`` of GET /version reports them.
+RELOAD_ERRORS = {
+    "checkpoint_missing": "the followed file, or a checkpoint in the followed folder, does not exist (yet)",
+    "checkpoint_unreadable": "not a readable reidloop checkpoint (corrupt, truncated, foreign, no permission)",
+    "checkpoint_mismatch": "its weights do not match the architecture its config names",
+    "checkpoint_unstable": "the file kept changing while it was being read",
+    "checkpoint_forward_failed": "the model fails, or gives no finite embedding, at the served input size",
+    "gallery_reembed_failed": "the new model could not re-embed the gallery",
+    "reload_failed": "anything else (the server's log has the details)",
+}
+
+
+def reload_error_code(exc: BaseException) -> str:
+    """The RELOAD_ERRORS code of an exception raised while resolving or loading a checkpoint."""
+    if isinstance(exc, CheckpointError):
+        return exc.code
+    if isinstance(exc, FileNotFoundError):
+        return "checkpoint_missing"
+    if isinstance(exc, OSError):  # permission, I/O error, a folder where a file was expected
+        return "checkpoint_unreadable"
+    return "reload_failed"
+
+
 def resolve_checkpoint(source: str | os.PathLike) -> Path:
     """A checkpoint file itself, or the first of CHECKPOINT_NAMES in a run folder; FileNotFoundError otherwise."""
     p = Path(source)
@@ -129,28 +161,36 @@ class ServingModel:
 def load_serving_model(path: Path, precision: Precision, transform: InputTransform) -> ServingModel:
     """Load ``path`` (save_checkpoint format) and check it embeds an input of the served size.
 
-    Raises FileNotFoundError or ValueError with a message naming the file (corrupt file, foreign
-    pickle, state dict not matching its architecture, a forward pass that fails or gives NaN).
+    Raises FileNotFoundError, or CheckpointError (a ValueError) with a RELOAD_ERRORS code and a message
+    naming the file (corrupt file, foreign pickle, state dict not matching its architecture, a forward
+    pass that fails or gives NaN). The messages are for the server's log: they hold the path.
     """
     for _ in range(3):  # the file may be replaced while we read it: retry until it held still
         before = Fingerprint.of(path)
         digest = file_sha256(path)
-        model, extra = load_checkpoint(path)
+        try:
+            model, extra = load_checkpoint(path)
+        except ValueError as exc:  # "not a readable checkpoint", "not a reidloop checkpoint", or the
+            # state dict "does not match its config" (reidloop.models.load_checkpoint)
+            code = "checkpoint_mismatch" if "does not match its config" in str(exc) else "checkpoint_unreadable"
+            raise CheckpointError(code, str(exc)) from exc
         if Fingerprint.of(path) == before:
             break
     else:
-        raise ValueError(f"{path}: changed three times while being loaded; will retry on the next change")
-    precision = checked_precision(precision, model, transform.height, transform.width)
-    model = precision.prepare(model.eval())
+        raise CheckpointError("checkpoint_unstable",
+                              f"{path}: changed three times while being loaded; will retry on the next change")
     probe = torch.zeros(1, 3, transform.height, transform.width, dtype=torch.uint8)
-    try:
+    try:  # the precision check runs the model too: a model that fails there fails here
+        precision = checked_precision(precision, model, transform.height, transform.width)
+        model = precision.prepare(model.eval())
         out = embed_batches(model, [transform.normalize(probe)], precision)
     except Exception as exc:
         why = " ".join(str(exc).split())[:300]
-        raise ValueError(f"{path}: forward pass failed at input {transform.height}x{transform.width} "
-                         f"({type(exc).__name__}: {why})") from exc
+        raise CheckpointError("checkpoint_forward_failed", f"{path}: forward pass failed at input "
+                              f"{transform.height}x{transform.width} ({type(exc).__name__}: {why})") from exc
     if out.ndim != 2 or out.shape[0] != 1 or not torch.isfinite(out).all():
-        raise ValueError(f"{path}: model output of shape {tuple(out.shape)} is not one finite embedding")
+        raise CheckpointError("checkpoint_forward_failed",
+                              f"{path}: model output of shape {tuple(out.shape)} is not one finite embedding")
     return ServingModel(model=model, precision=precision, transform=transform, version=digest[:12],
                         path=str(path), metrics=jsonable(extra), loaded_at=datetime.now(timezone.utc).isoformat(),
                         dim=int(out.shape[1]))

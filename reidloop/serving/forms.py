@@ -2,6 +2,7 @@
 
 An image arrives either as ``multipart/form-data`` (file field ``image``, other fields as text) or as
 a raw body whose content type is ``image/*`` (the other parameters then come from the query string).
+JSON (the ``meta`` field, the body of ``DELETE /gallery``) is nested at most ``MAX_JSON_DEPTH`` levels.
 """
 from __future__ import annotations
 
@@ -15,6 +16,39 @@ from .images import check_image_content_type
 from .multipart import is_multipart, parse_multipart
 
 FILE_FIELD = "image"
+# Nesting levels a JSON field or body may have (ours need 2: a list of objects). Deeper is a 422, whatever
+# the depth: json.loads' own limit (the interpreter's recursion limit) is answered the same way.
+MAX_JSON_DEPTH = 32
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether decoded JSON ``value`` nests lists / objects more than ``limit`` levels (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def parse_json(raw: str | bytes, what: str) -> Any:
+    """``json.loads(raw)``, or a 422 ServingError saying why not: not JSON, not UTF-8, nested deeper than
+    MAX_JSON_DEPTH."""
+    too_deep = ServingError(422, f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(raw)
+    except RecursionError:  # e.g. 100,000 '[': json's C decoder stops at the recursion limit, cleanly
+        raise too_deep from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
+        raise ServingError(422, f"{what}: not valid JSON ({exc})") from None
+    brackets = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
+    if sum(raw.count(b) for b in brackets) > MAX_JSON_DEPTH and _deeper_than(data, MAX_JSON_DEPTH):
+        raise too_deep  # (fewer brackets than the limit cannot nest deeper: no walk for the usual body)
+    return data
 
 
 @dataclass
@@ -75,10 +109,7 @@ def parse_meta(raw: Optional[str], n: int) -> list[GalleryEntry]:
     """The ``meta`` field of /gallery/batch: a JSON list of ``n`` objects (gallery_id, person_id, camera)."""
     if raw is None or raw == "":
         return [make_entry() for _ in range(n)]
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ServingError(422, f"meta: not valid JSON ({exc})") from None
+    meta = parse_json(raw, "meta")
     if not isinstance(meta, list) or len(meta) != n or not all(isinstance(m, dict) for m in meta):
         raise ServingError(422, f"meta: expected a JSON list of {n} objects (one per image, in order) "
                                 "with optional gallery_id, person_id, camera")
@@ -93,10 +124,7 @@ def parse_meta(raw: Optional[str], n: int) -> list[GalleryEntry]:
 
 def parse_id_list(body: bytes) -> list[str]:
     """The body of ``DELETE /gallery``: a JSON list of gallery ids, or ``{"ids": [...]}``."""
-    try:
-        data: Any = json.loads(body) if body else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ServingError(422, f"body: not valid JSON ({exc})") from None
+    data: Any = parse_json(body, "body") if body else None
     ids = data.get("ids") if isinstance(data, dict) else data
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise ServingError(422, 'body: expected a non-empty JSON list of gallery ids, or {"ids": [...]}')

@@ -8,8 +8,10 @@ Mutations (add / remove / reload) are serialised by a lock; reads (embed / searc
 """
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -17,9 +19,12 @@ import torch
 
 from ..config.serve import ServeConfig
 from ..engine.precision import resolve_device, resolve_precision
-from .checkpoints import CheckpointFollower, ServingModel, load_serving_model
+from .checkpoints import CheckpointError, CheckpointFollower, ServingModel, load_serving_model, reload_error_code
 from .gallery import GalleryEntry, GalleryIndex
 from .images import InputTransform
+from .redact import redact_paths
+
+log = logging.getLogger("reidloop.serving")
 
 
 class ServingState(NamedTuple):
@@ -39,7 +44,8 @@ class ReidService:
         self.precision = resolve_precision(cfg.amp, resolve_device(cfg.device))
         self.transform = InputTransform(cfg.height, cfg.width)
         self.follower = CheckpointFollower(cfg.checkpoint)
-        self.last_error: Optional[dict] = None
+        self.last_error: Optional[dict] = None  # {"code", "checkpoint_name", "at"}: what /version shows
+        self._last_detail: Optional[str] = None  # the full message of that error (server log only)
         self.swaps = 0
         self._lock = threading.Lock()
         path, fp = self.follower.current()  # FileNotFoundError: nothing to serve
@@ -80,15 +86,16 @@ class ReidService:
     def reload(self, source: Optional[str] = None) -> bool:
         """Swap to the followed checkpoint if it changed (or to ``source``, which is then followed).
 
-        Returns True after a swap. A checkpoint that cannot be loaded never raises: it is recorded in
-        ``last_error`` (reported by /version) and the current model keeps serving.
+        Returns True after a swap. A checkpoint that cannot be loaded never raises: its error code is
+        recorded in ``last_error`` (reported by /version), the full message is logged once, and the
+        current model keeps serving.
         """
         with self._lock:
             if source is not None and source != self.follower.source:
                 self.follower.follow(source)
             try:
                 found = self.follower.poll()
-            except FileNotFoundError as exc:
+            except OSError as exc:  # nothing there (yet), or no permission to look
                 self._fail(self.follower.source, exc)
                 return False
             if found is None:
@@ -96,26 +103,39 @@ class ReidService:
             path, fp = found
             self.follower.mark_tried(fp)
             s = self._state
-            try:
+            try:  # corrupt file, wrong architecture, failing forward: keep serving
                 model = load_serving_model(path, self.precision, self.transform)
-                index = s.index.with_features(model.embed(s.index.images))
-            except Exception as exc:  # corrupt file, wrong architecture, failing forward: keep serving
+            except Exception as exc:
                 self._fail(str(path), exc)
                 return False
+            try:
+                index = s.index.with_features(model.embed(s.index.images))
+            except Exception as exc:
+                self._fail(str(path), CheckpointError("gallery_reembed_failed", f"{path}: re-embedding the "
+                                                      f"gallery failed ({type(exc).__name__}: {exc})"))
+                return False
             self._state = ServingState(model, index)  # model, gallery vectors and version switch together
-            self.last_error = None
+            self.last_error = self._last_detail = None
             self.swaps += 1
+            log.info("serving checkpoint %s (%s)", model.version, path)
             return True
 
     def _fail(self, checkpoint: str, exc: Exception) -> None:
-        error = f"{type(exc).__name__}: {exc}"
-        if self.last_error is None or self.last_error["error"] != error:
-            self.last_error = {"checkpoint": checkpoint, "error": error,
+        """Record a failed (re)load: its code, the file's name and the time for /version, the full message
+        (with the path) for the log. The same failure again (a missing source, polled) changes neither."""
+        detail = f"{type(exc).__name__}: {exc}"
+        detail = detail if checkpoint in detail else f"{checkpoint}: {detail}"
+        if detail != self._last_detail:
+            code = reload_error_code(exc)
+            log.warning("checkpoint not loaded [%s], still serving %s: %s", code, self._state.model.version, detail)
+            self._last_detail = detail
+            self.last_error = {"code": code, "checkpoint_name": Path(checkpoint).name,
                                "at": datetime.now(timezone.utc).isoformat()}
 
     def version_info(self) -> dict:
-        """What ``GET /version`` reports for this replica."""
+        """What ``GET /version`` reports for this replica: ids, names, times, codes; never a path."""
         m = self._state.model
-        return {"model_version": m.version, "checkpoint_id": m.version, "checkpoint": m.path,
-                "metrics": m.metrics, "loaded_at": m.loaded_at, "dim": m.dim, "source": self.follower.source,
-                "precision": m.precision.describe(), "swaps": self.swaps, "last_error": self.last_error}
+        return redact_paths({
+            "model_version": m.version, "checkpoint_id": m.version, "checkpoint_name": Path(m.path).name,
+            "metrics": m.metrics, "loaded_at": m.loaded_at, "dim": m.dim, "precision": m.precision.describe(),
+            "swaps": self.swaps, "last_error": self.last_error})
