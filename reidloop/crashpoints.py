@@ -40,7 +40,15 @@ POINTS = (
     "summary.json",  # the end of the run
 )
 
+ENV_VARS = ("REIDLOOP_CRASH_AT", "REIDLOOP_CRASH_TRACE", "REIDLOOP_STOP_AT")
+
 _counts: dict[str, int] = {}
+
+
+def fault_env() -> dict[str, str]:
+    """The fault-injection variables set in this process, for the runtime env of the Ray workers it starts
+    (empty outside tests)."""
+    return {k: os.environ[k] for k in ENV_VARS if os.environ.get(k)}
 
 
 def point_of(path: str | os.PathLike) -> str:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError
 
-from reidloop import atomic
+from reidloop import atomic, crashpoints
 from reidloop.active.finetune import FinetuneStats, finetune_data
 from reidloop.active.loop import (ActiveLearningLoop, ReplayingOracle, ResumeDiverged, answered_pairs,
                                   nearest_candidates_all)
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 ROUND_RECOVERIES = 3  # agent / env-worker restarts survived per round before giving up
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by `ray job submit` for the entrypoint
-FAULT_ENV = ("REIDLOOP_CRASH_AT", "REIDLOOP_CRASH_TRACE")  # fault injection (reidloop.crashpoints) reaches the actors
 
 
 def connect(cfg: RayConfig) -> None:
@@ -57,7 +56,9 @@ def connect(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {}
-    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", *FAULT_ENV) if os.environ.get(k)}
+    # fault injection (reidloop.crashpoints) reaches the actors too
+    env = {**({"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]} if os.environ.get("OMP_NUM_THREADS") else {}),
+           **crashpoints.fault_env()}
     if env and JOB_CONFIG_ENV not in os.environ:  # inside a submitted job the job's runtime env rules
         kwargs["runtime_env"] = {"env_vars": env}
     if address:

@@ -179,3 +179,67 @@ def test_an_interrupted_sweep_resumes_to_completion_without_running_a_trial_twic
     for d in midway:  # killed between rounds: resumed after its last round, not from scratch
         starts = [e for e in events(d) if e["event"] == "start"]
         assert len(starts) == 2 and starts[1]["restored_round"] >= 1
+
+
+def process_state(pid: int) -> str:
+    """The kernel's state letter of ``pid`` ("T": stopped), "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_between_a_round_commit_and_its_report_resumes_exactly(ray_session, workdir, tmp_path):
+    """The deterministic form of the interruption above, at its riskiest point: each trial is frozen just
+    after its loop committed round 2 and before Tune recorded that round (``REIDLOOP_STOP_AT``), then the
+    driver is SIGKILLed. Tune's last checkpoint of every trial is round 1 while its loop folder holds round 2:
+    the resumed trials must restore nothing older, run no round twice, buy no answer twice, and report
+    round 2 once."""
+    from trainers.sweep import run_sweep
+
+    path = write_sweep(workdir, "frozen", max_concurrent_trials=2,
+                       overrides={"checkpoint": str(workdir / "init.pt")},
+                       space={"dral.kmax": {"grid": [2, 3]}}, objective={"metric": "mAP"})
+    exp = load_sweep(path).config.experiment_dir
+    # the top-level rounds.parquet is published right after state.json commits a round (reidloop.crashpoints)
+    env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+           "REIDLOOP_STOP_AT": "rounds.parquet@2"}
+    log = (tmp_path / "driver.log").open("w")
+    driver = subprocess.Popen([sys.executable, "-m", "trainers.sweep", "--config", str(path), "--quiet"],
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def frozen() -> list[int]:
+        starts = [e["pid"] for d in exp.glob("trial_*") if (d / "events.jsonl").exists()
+                  for e in events(d) if e["event"] == "start"]
+        return starts if len(starts) == 2 and all(process_state(p) == "T" for p in starts) else []
+
+    deadline = time.monotonic() + 300
+    try:
+        while not (pids := frozen()):
+            assert driver.poll() is None, f"the sweep ended first: {(tmp_path / 'driver.log').read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "the trials did not reach round 2's commit in time"
+            time.sleep(0.1)  # polling the trials' process state with a deadline
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    for d in exp.glob("trial_*"):  # what the interrupted run left: round 2 committed, round 1 reported
+        assert json.loads((d / "loop" / "state.json").read_text())["completed_round"] == 2
+        assert [e["round"] for e in events(d) if e["event"] == "round"] == [1]
+    answers_before = {d.name: pq.read_table(d / "loop" / "answers").num_rows for d in exp.glob("trial_*")}
+
+    out = run_sweep(load_sweep(path), resume=True, verbose=0)  # the frozen trials' actors are still being reaped
+
+    table = pq.read_table(out.table).to_pylist()
+    assert len(table) == 2
+    for r in table:
+        d = Path(r["path"])
+        assert r["status"] == "completed" and r["round"] == r["rounds_total"] == 2
+        log_ = events(d)
+        starts = [e for e in log_ if e["event"] == "start"]
+        assert len(starts) == 2 and starts[1]["restored_round"] == 2 and starts[0]["pid"] in pids
+        assert [e["round"] for e in log_ if e["event"] == "round"] == [1]  # no round run again ...
+        assert [e["round"] for e in log_ if e["event"] == "re-report"] == [2]  # ... round 2 reported once
+        assert pq.read_table(d / "loop" / "rounds.parquet").column("round").to_pylist() == [0, 1, 2]
+        assert pq.read_table(d / "loop" / "answers").num_rows == answers_before[d.name]  # no answer bought again
+        assert not (d / "loop" / "writer.lease").exists()

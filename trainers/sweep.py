@@ -96,9 +96,11 @@ def connect(num_cpus: int | None = None, threads: int = 1) -> None:
 
     if ray.is_initialized():
         return
+    from reidloop.crashpoints import fault_env
+
     address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
+    if address:  # (fault injection in tests reaches the trials: empty otherwise)
+        ray.init(address=address, **({"runtime_env": {"env_vars": fault_env()}} if fault_env() else {}))
     else:  # "local": never attach to some other Ray already running on this machine; token authentication
         from services.ray_auth import init_local
 
