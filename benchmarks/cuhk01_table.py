@@ -166,9 +166,25 @@ def record_source(source: Path, results_dir: Path) -> None:
         "curve": [{"epoch": h["epoch"] + 1, "train_accuracy": h["accuracy"], "loss": h["loss"],
                    "images_per_s": h["images_per_s"], **({"val_" + k: v for k, v in h["held_out"].items()}
                                                           if "held_out" in h else {})} for h in history],
-        "machine": machine(), "commit": commit(),
+        "sha256": source_identity(source)["sha256"], "machine": machine(), "commit": commit(),
         "date": datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime, timezone.utc).strftime("%Y-%m-%d"),
     }, indent=1))
+
+
+def check_same_source(source: Path, results_dir: Path) -> None:
+    """Exit unless ``source`` is the model the rows already in ``results_dir`` adapted: a source model retrained
+    on another CPU is another model (benchmarks/README.md), and rows from two of them are not one table."""
+    here = source_identity(source)
+    recorded = results_dir / "source_cuhk03.json"
+    if not recorded.exists():
+        return
+    table = json.loads(recorded.read_text())
+    sha, val = table.get("sha256"), table["metrics_on_cuhk03_val"]["mAP"]
+    if (sha is not None and sha != here["sha256"]) or (sha is None and here["cuhk03_val_mAP"] != val):
+        sys.exit(f"error: {source} (sha256 {here['sha256']}, CUHK03 val mAP {100 * (here['cuhk03_val_mAP'] or 0):.2f}) "
+                 f"is not the source model of the rows in {results_dir} (CUHK03 val mAP {100 * val:.2f}"
+                 f"{', sha256 ' + sha if sha else ''}): its rows would not be comparable with them. Give --results "
+                 "NEW_FOLDER to start a table from this model, or put that source model back in place")
 
 
 def source_identity(source: Path) -> dict:
@@ -369,6 +385,7 @@ def main() -> None:
         if not args.cuhk01:
             p.error("--cuhk01 FOLDER is needed to run rows (or pass --table-only)")
         source = source_model(args.cuhk03, Path(args.runs))
+        check_same_source(source, results_dir)
         record_source(source, results_dir)
         for seed in args.seeds:
             for kmax in args.kmax:
