@@ -199,7 +199,7 @@ def source_identity(source: Path) -> dict:
 def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
     spec = ROWS[row]
     key = row_key(row, kmax, seed)
-    out = Path(args.runs) / "cuhk01" / key
+    out = Path(args.runs) / Path(args.results).name / key  # one run folder per table: never another table's run
     overrides = [f"data.root={args.cuhk01}", f"data.seed={seed}", f"seed={seed}", f"oracle.seed={seed}",
                  f"dral.kmax={kmax}", f"checkpoint={source}", f"output_dir={out}",
                  *(o.format(cuhk03=args.cuhk03) for o in spec.overrides), *args.overrides]
@@ -401,7 +401,7 @@ def main() -> None:
                           f"rank-1 {100 * res['final']['rank1']:.2f}, {res['wall_seconds'] / 60:.1f} min", flush=True)
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*_k*_s*.json"))]
     for res in results:  # results written before the field existed: from the run folder, when present
-        state = Path(args.runs) / "cuhk01" / res["key"] / "state.json"
+        state = Path(args.runs) / results_dir.name / res["key"] / "state.json"
         if res.get("queries_browsed") is None and state.exists():
             res["queries_browsed"] = json.loads(state.read_text()).get("next_query")
     if not results:
