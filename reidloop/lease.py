@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from .atomic import fsync_dir
+
 log = logging.getLogger(__name__)
 
 LEASE_FILE = "writer.lease"
@@ -227,8 +229,6 @@ class Lease:
 
 
 def _fsync_dir(folder: Path) -> None:
-    from .atomic import fsync_dir
-
     try:
         fsync_dir(folder)
     except OSError:  # some network filesystems refuse fsync on a directory

@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from reidloop import atomic
+
 log = logging.getLogger(__name__)
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
@@ -61,22 +63,14 @@ def ensure_token(path: Optional[Path] = None) -> Path:
         raise ValueError(f"{path}: the Ray token must not live inside the repository ({REPO})")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not _has_token(path):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # written whole (a 0600 temporary file, fsynced) and linked into place, or over an empty file
+        empty = path.exists()
         try:
-            with os.fdopen(fd, "w") as f:
+            with atomic.atomic_open(path, "w", exclusive=not empty) as f:
                 f.write(secrets.token_hex(32))
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # fails if another process (or an empty file) is there already
-                log.info("created a new Ray token in %s (mode 0600)", path)
-            except FileExistsError:
-                if not _has_token(path):  # an empty file: replace it
-                    os.replace(tmp, path)
-                    log.info("wrote a new Ray token into the empty %s (mode 0600)", path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            log.info("%s a new Ray token in %s (mode 0600)", "wrote" if empty else "created", path)
+        except FileExistsError:
+            pass  # another process created it first: its token is the one to use
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         path.chmod(0o600)
