@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import time
+
+import torch
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def run_pretrain(job: PretrainJob, progress: bool = True) -> dict:
     splits = build_splits(job.data, cache_dir=job.data.root or ".cache")
     log.info("\n%s", splits.summary())
     device = resolve_device(job.train.device)
+    torch.manual_seed(job.train.seed)  # the classifier's init: the same seed, the same model (on one CPU kind)
     model = build_model(job.model, num_classes=len(splits.train_pids))
     train_precision = checked_precision(resolve_precision(job.train.amp, device), model, job.data.height,
                                         job.data.width)
