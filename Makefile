@@ -9,7 +9,7 @@ ARGS   ?=
 CUHK01 ?= ../shared/data/cuhk01
 CUHK03 ?= ../shared/data/cuhk03
 
-.PHONY: venv run test bench bench-cuhk01 clean-runs
+.PHONY: venv run test test-fast bench bench-cuhk01 clean-runs
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# The tests not marked slow (@pytest.mark.slow: a whole loop run, Ray Serve or Ray Train, more than a few
+# seconds each), for quick checks while editing; `make test` (CI) runs them all.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 # The CUHK03 -> CUHK01 table (benchmarks/cuhk01_table.py): trains the CUHK03 source model once into
 # runs/cuhk03_source, then runs the rows whose results file is missing. ARGS="--rows ... --seeds ...".

@@ -63,9 +63,7 @@ def one_run(strategy: str, workers: int, features, pool, queries) -> tuple[int, 
         strategy_obj.begin_round(RoundContext(1, features, metric, np.empty((0, 2), np.int64),
                                               np.empty((0, 2), np.int64)))
         if workers:  # actors are up and the workers hold the round's features before the clock starts
-            from services.env_workers import prepare_workers
-
-            prepare_workers(loop.workers, strategy_obj.context_ref)
+            loop.episode_slots(features, metric)
             ray.get(loop.service.handle.status.remote())
         start = time.perf_counter()
         loop.ask_round(1, queries, features, metric, strategy_obj, oracle)

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Optional
 import torch
 import torch.nn.functional as F
 
+from .unionfind import UnionFind
+
 if TYPE_CHECKING:
     from .models.reid_net import ReidOutput
 
@@ -84,9 +86,9 @@ def batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor,
     return hard_triplet_from_masks(euclidean_dist(features), same & ~eye, ~same, margin)
 
 
-def _pair_matrix(pairs: Pairs, n: int, name: str, device: torch.device) -> torch.Tensor:
-    """Symmetric N×N bool adjacency from index pairs (i, j)."""
-    idx = torch.as_tensor(pairs, dtype=torch.long, device=device)
+def _index_pairs(pairs: Pairs, n: int, name: str) -> torch.Tensor:
+    """``pairs`` as a P×2 long tensor, every index checked to lie in [0, n)."""
+    idx = torch.as_tensor(pairs, dtype=torch.long)
     if idx.numel() == 0:
         idx = idx.reshape(0, 2)
     if idx.dim() != 2 or idx.shape[1] != 2:
@@ -94,20 +96,21 @@ def _pair_matrix(pairs: Pairs, n: int, name: str, device: torch.device) -> torch
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
         raise ValueError(f"{name}: indices must lie in [0, {n}), got range "
                          f"[{int(idx.min())}, {int(idx.max())}]")
+    return idx
+
+
+def _pair_matrix(idx: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """Symmetric N×N bool adjacency from checked index pairs (i, j)."""
+    idx = idx.to(device)
     adj = torch.zeros(n, n, dtype=torch.bool, device=device)
     adj[idx[:, 0], idx[:, 1]] = True
     return adj | adj.T
 
 
-def _reachability(adj: torch.Tensor) -> torch.Tensor:
-    """Reflexive-transitive closure of a symmetric adjacency by repeated squaring (same as union-find)."""
-    reach = adj | torch.eye(len(adj), dtype=torch.bool, device=adj.device)
-    while True:
-        r = reach.float()
-        nxt = (r @ r) > 0
-        if torch.equal(nxt, reach):
-            return reach
-        reach = nxt
+def _same_group(pos: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """Reflexive-transitive closure of the "same" pairs: N×N, true within each union-find group."""
+    roots = torch.as_tensor(UnionFind(n, pos.tolist()).roots(), device=device)
+    return roots[:, None] == roots[None, :]
 
 
 def pair_masks(n: int, pos_pairs: Pairs, neg_pairs: Pairs, device: torch.device | str = "cpu",
@@ -124,8 +127,9 @@ def pair_masks(n: int, pos_pairs: Pairs, neg_pairs: Pairs, device: torch.device 
     if on_conflict not in ("drop", "raise"):
         raise ValueError(f"on_conflict: {on_conflict!r} is not 'drop' or 'raise'")
     device = torch.device(device)
-    reach = _reachability(_pair_matrix(pos_pairs, n, "pos_pairs", device))
-    neg_adj = _pair_matrix(neg_pairs, n, "neg_pairs", device).float()
+    pos_idx, neg_idx = _index_pairs(pos_pairs, n, "pos_pairs"), _index_pairs(neg_pairs, n, "neg_pairs")
+    reach = _same_group(pos_idx, n, device)
+    neg_adj = _pair_matrix(neg_idx, n, device).float()
     r = reach.float()
     neg = (r @ neg_adj @ r) > 0
     conflict = neg & reach

@@ -88,6 +88,15 @@ class SimulatedOracle:
         self.used += 1
         return answer
 
+    def known_batch(self, requests: list[tuple[int, Sequence[int]]]) -> list[list[Optional[int]]]:
+        """``known`` of each (query, candidates) request's pairs."""
+        return [[self.known(q, int(c)) for c in cands] for q, cands in requests]
+
+    def ask_batch(self, questions: Sequence[tuple[int, int, int, int]], strategy: str) -> list[Optional[int]]:
+        """(query, candidate, round, step) questions answered in order: a pair already answered is free, None
+        from the first the budget cannot pay for (and for all after it)."""
+        return ask_each(self, questions, strategy)
+
     def _key(self, query: int, candidate: int) -> tuple[int, int]:
         q, c = operator.index(query), operator.index(candidate)
         for name, i in (("query", q), ("candidate", c)):
@@ -117,3 +126,20 @@ class SimulatedOracle:
                     "oracle answers otherwise; the log belongs to other pids, seed or error_rate")
             self._answers[key] = y
         self.used = len(self._answers)
+
+
+def ask_each(oracle, questions: Sequence[tuple[int, int, int, int]], strategy: str) -> list[Optional[int]]:
+    """``ask_batch`` over an oracle's one-at-a-time ``known`` / ``remaining`` / ``ask``: answers in order, a
+    pair already answered free, None from the first question the budget cannot pay for (and all after it)."""
+    out: list[Optional[int]] = []
+    for q, c, r, step in questions:
+        y = oracle.known(q, c)
+        if y is None:
+            if oracle.remaining == 0:
+                break
+            try:
+                y = oracle.ask(q, c, round=r, step=step, strategy=strategy)
+            except BudgetExhausted:
+                break
+        out.append(y)
+    return out + [None] * (len(questions) - len(out))

@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
+from .unionfind import UnionFind
+
 
 class PairKnowledge:
     """Union-find of "same" answers with a set of "different" group pairs over ``n`` pool items."""
@@ -26,10 +28,8 @@ class PairKnowledge:
     def __init__(self, n: int, answers: Iterable[tuple[int, int, int]] = (), strict: bool = True) -> None:
         """``answers`` in the order given; ``strict=False`` skips (and counts in ``conflicts``) an answer
         that contradicts the earlier ones, as an erring annotator's log without inference may hold."""
-        if n < 0:
-            raise ValueError(f"n: {n!r} must be >= 0")
+        self._groups = UnionFind(n)  # ValueError for n < 0
         self.n = n
-        self._parent = list(range(n))
         self._different: dict[int, set[int]] = {}  # group root → roots of groups known different
         self.conflicts = 0
         for a, b, y in answers:
@@ -45,13 +45,8 @@ class PairKnowledge:
         return i
 
     def group(self, i: int) -> int:
-        """The root of ``i``'s group (path halving)."""
-        i = self._check(i)
-        p = self._parent
-        while p[i] != i:
-            p[i] = p[p[i]]
-            i = p[i]
-        return i
+        """The root of ``i``'s group (its smallest member)."""
+        return self._groups.find(self._check(i))
 
     def infer(self, a: int, b: int) -> Optional[int]:
         """+1 / −1 when the answers so far settle the pair (a, b), else None."""
@@ -69,15 +64,15 @@ class PairKnowledge:
         known = self.infer(a, b)
         if known is not None and known != y:
             raise ValueError(f"answer {y:+d} for ({a}, {b}) contradicts the earlier answers, which imply {known:+d}")
-        ra, rb = self.group(a), self.group(b)
-        if ra == rb:
-            return
         if y == -1:
+            ra, rb = self.group(a), self.group(b)
             self._different.setdefault(ra, set()).add(rb)
             self._different.setdefault(rb, set()).add(ra)
             return
-        keep, gone = min(ra, rb), max(ra, rb)
-        self._parent[gone] = keep
+        joined = self._groups.union(self._check(a), self._check(b))
+        if joined is None:
+            return
+        keep, gone = joined
         moved = self._different.pop(gone, set())
         for r in moved:  # re-point the other side of every "different" edge of the absorbed group
             others = self._different[r]
@@ -88,7 +83,7 @@ class PairKnowledge:
 
     def roots(self) -> np.ndarray:
         """(n,) the group root of every pool item."""
-        return np.array([self.group(i) for i in range(self.n)], dtype=np.int64)
+        return self._groups.roots()
 
     def settled_pairs(self, items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Every pair among ``items`` that the answers settle, as local index pairs (i < j): (same, different)."""

@@ -1,10 +1,9 @@
 """The acting-and-learning agent as a Ray actor: any strategy of ``reidloop.strategies`` behind one handle.
 
-The environment workers' states (observation, action mask and an ``EpisodeView`` with what strategies
-read of an episode: ``query``, ``candidates``, ``distances``) reach the agent, which answers with
-actions (``select`` of DRAL Algorithm 1) and learns from the answered transitions (reward of Eq. 9,
-next state of Eq. 6–8) in the order it is given them, so its replay and RNG evolve exactly as in the
-one-process loop.
+The episode engine (``reidloop.active.engine.run_round``, in the driver) sends each lock-step's answered
+transitions and live episodes' states (observation, action mask and an ``EpisodeView``: ``query``,
+``candidates``, ``distances``); the actor runs ``engine.agent_step`` on them, as the in-process loop does,
+so the agent's replay and RNG evolve exactly as in one process.
 
 Every reply carries the actor's *incarnation* (a fresh id per process): after a crash Ray restarts
 the actor empty, and the driver, seeing a new incarnation, restores the round-start snapshot and
@@ -24,10 +23,11 @@ import torch
 from reidloop import atomic
 from reidloop.active.warmstart import warm_start
 from reidloop.config import DralConfig
+from reidloop.active.engine import agent_end, agent_step
 from reidloop.strategies import RoundContext, Strategy, Transition, build_strategy
 
+from .env_workers import LostActorState, call_when_up
 from .ray_calls import wait
-from .env_workers import EpisodeView, LostActorState, Step, call_when_up
 
 
 @ray.remote(num_cpus=0)
@@ -56,25 +56,16 @@ class AgentService:
         self.strategy.begin_round(RoundContext(round_, features, metric, pos_pairs, neg_pairs))
         return self.incarnation
 
-    def select_batch(self, views: list[EpisodeView], obs_list: list[np.ndarray],
-                     masks: list[np.ndarray]) -> tuple[str, list[int]]:
-        """One action per episode, chosen in the given order (the strategy's RNG advances in that order).
+    def step(self, transitions: list[Transition], begins: list, views: list, obs_list: list[np.ndarray],
+             masks: list[np.ndarray]) -> tuple[str, list]:
+        """``engine.agent_step``: learn the last transitions, then act for each live episode (one round trip per
+        lock-step). Arrays arrive read-only (zero-copy from the object store); torch gets writable copies."""
+        return self.incarnation, agent_step(self.strategy, transitions, begins, views,
+                                            [np.array(o) for o in obs_list], masks)
 
-        Arrays arrive read-only (zero-copy from the object store); torch gets writable copies."""
-        return self.incarnation, [int(self.strategy.select(v, np.array(o), m))
-                                  for v, o, m in zip(views, obs_list, masks)]
-
-    def observe_batch(self, steps: list[Step]) -> str:
-        for s in steps:
-            self.strategy.observe(Transition(s.obs, s.action, s.reward, s.next_obs, s.next_mask, s.done,
-                                             s.answer, s.query, s.candidate))
+    def end(self, transitions: list[Transition], begins: list) -> str:
+        agent_end(self.strategy, transitions, begins)
         return self.incarnation
-
-    def step(self, steps: list[Step], views: list[EpisodeView], obs_list: list[np.ndarray],
-             masks: list[np.ndarray]) -> tuple[str, list[int]]:
-        """``observe_batch`` then ``select_batch`` in one call (one round trip per lock-step)."""
-        self.observe_batch(steps)
-        return self.select_batch(views, obs_list, masks)
 
     def state_dict(self) -> tuple[str, dict]:
         return self.incarnation, self.strategy.state_dict()
@@ -96,8 +87,8 @@ class RemoteStrategy:
     """Driver-side stand-in for the strategy living in an :class:`AgentService` actor.
 
     Offers what ``ActiveLearningLoop.run`` uses of a Strategy (``name``, ``asks_questions``,
-    ``finetune``, ``begin_round``, ``state_dict``, ``load_state_dict``) plus the batched calls of
-    the lock-step. Every reply is checked against the incarnation this proxy expects, so a restarted
+    ``finetune``, ``begin_round``, ``state_dict``, ``load_state_dict``) and is the episode engine's agent
+    handle (``step``, ``end``). Every reply is checked against the incarnation this proxy expects, so a restarted
     (empty) agent is never mistaken for the one that learnt the round so far.
     """
 
@@ -139,13 +130,13 @@ class RemoteStrategy:
         return self._call(self.handle.warm_start, features, pids, dral, passes, every, seed,
                           timeout_s=self.task_timeout_s)
 
-    # ---- lock-step
-    def step(self, steps: list[Step], views: list[EpisodeView], obs_list, masks) -> list[int]:
-        return self._call(self.handle.step, steps, views, obs_list, masks)
+    # ---- the engine's agent handle (reidloop.active.engine.Agent)
+    def step(self, transitions: list[Transition], begins: list, views: list, obs_list, masks) -> list:
+        return self._call(self.handle.step, transitions, begins, views, obs_list, masks)
 
-    def observe_batch(self, steps: list[Step]) -> None:
-        if steps:
-            self._call(self.handle.observe_batch, steps)
+    def end(self, transitions: list[Transition], begins: list) -> None:
+        if transitions or begins:
+            self._call(self.handle.end, transitions, begins)
 
     def context_for(self, features: np.ndarray, metric) -> Optional[ray.ObjectRef]:
         """The ref of this round's (features, metric) if the round began with these very objects."""

@@ -3,7 +3,7 @@
 Shards are whole batches of ``batch_size`` images, so every image is embedded in exactly the batch
 it would be in one process (``reidloop.engine.features.extract_features``) and the features are the
 same. The model travels once per call as an object ref of its CPU state dict (``model_payload``, also
-how ``trainers/ray_train.py`` hands the model to Ray Train).
+how ``services/ray_train.py`` hands the model to Ray Train).
 """
 from __future__ import annotations
 

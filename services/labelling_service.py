@@ -57,26 +57,16 @@ class LabellingService:
     def pid(self) -> int:
         return os.getpid()
 
-    def known_many(self, query: int, candidates: Sequence[int]) -> list[Optional[int]]:
-        """The recorded answer of each (query, candidate) pair, None where it was never asked."""
-        return [self.oracle.known(query, int(c)) for c in candidates]
-
     def known_batch(self, requests: list[tuple[int, Sequence[int]]]) -> list[list[Optional[int]]]:
-        return [self.known_many(q, cands) for q, cands in requests]
+        """The recorded answer of each request's (query, candidate) pairs, None where it was never asked."""
+        return self.oracle.known_batch(requests)
 
     def ask_batch(self, questions: list[Question], strategy: str) -> list[Optional[int]]:
         """Answers in the given order; a logged pair returns its answer free; None from the first question
         the budget cannot pay for (and for all after it). The answers are durable when this returns."""
-        out: list[Optional[int]] = []
-        for q, c, r, step in questions:
-            y = self.oracle.known(q, c)
-            if y is None:
-                if self.oracle.remaining == 0:
-                    break
-                y = self.oracle.ask(q, c, round=r, step=step, strategy=strategy)
-            out.append(y)
+        out = self.oracle.ask_batch(questions, strategy)
         self.log.flush()
-        return out + [None] * (len(questions) - len(out))
+        return out
 
     def used(self) -> int:
         return self.oracle.used
@@ -127,7 +117,7 @@ class ServiceOracle:
         return self._get(self.handle.status.remote(), "status")[1]
 
     def known(self, query: int, candidate: int) -> Optional[int]:
-        return self._get(self.handle.known_many.remote(int(query), [int(candidate)]), "known_many")[0]
+        return self._get(self.handle.known_batch.remote([(int(query), [int(candidate)])]), "known_batch")[0][0]
 
     def known_batch(self, requests: list[tuple[int, Sequence[int]]]) -> list[list[Optional[int]]]:
         return self._get(self.handle.known_batch.remote(requests), "known_batch") if requests else []

@@ -1,8 +1,8 @@
 """Ray token authentication for the Ray this project starts on this machine.
 
 Every entry point that starts a local Ray (``make run`` / ``trainers.run_job``, ``trainers.serve``,
-``trainers.l2r_experiment``, ``trainers.sweep``, ``cluster/start_head.sh``) goes through here, so that
-Ray always starts with ``RAY_AUTH_MODE=token``:
+``trainers.l2r_experiment``, ``trainers.sweep``: all through :func:`services.ray_start.start_or_join`;
+``cluster/start_head.sh``) goes through here, so that Ray always starts with ``RAY_AUTH_MODE=token``:
 
 * :func:`ensure_token` creates the token file on first use (``secrets.token_hex(32)``, mode 0600, in a
   0700 directory) and reuses it afterwards; the token itself is never printed or logged;

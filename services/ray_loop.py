@@ -5,10 +5,11 @@
 * the strategy lives in an :class:`~services.agent_service.AgentService` actor (acting and learning);
 * the oracle, budget and Parquet answer log in a :class:`~services.labelling_service.LabellingService`
   actor (restarted by Ray from its log when it dies; its calls are retried and idempotent);
-* each round's questions are asked by ``ray.env_workers`` environment workers in lock-step
-  (``services/env_workers.py``): deterministic, and identical to the one-process loop with one worker;
+* each round's questions are asked by the one episode engine (``reidloop.active.engine.run_round``, in the
+  driver) over ``ray.env_workers`` environment workers in lock-step (``services/env_workers.py``):
+  deterministic, and identical to the one-process loop with one worker;
 * feature extraction runs as Ray tasks over shards, pre-training and fine-tuning through Ray Train
-  (``trainers/ray_train.py``).
+  (``services/ray_train.py``).
 
 Round checkpoints, outputs and resume-by-replay are the core loop's: a killed driver started again
 with the same config continues from the answer log and the last completed round. A restarted agent or
@@ -19,118 +20,45 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import uuid
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import ray
 from ray.exceptions import RayActorError
 
-from reidloop import atomic, crashpoints
+from reidloop import atomic
 from reidloop.active.finetune import FinetuneStats, finetune_data
-from reidloop.active.loop import (ActiveLearningLoop, ReplayingOracle, ResumeDiverged, answered_pairs,
-                                  nearest_candidates_all)
+from reidloop.active.askers import ReplayingOracle, RoundQuota
+from reidloop.active.loop import ActiveLearningLoop, answered_pairs
 from reidloop.active.warmstart import WarmStartStats
-from reidloop.config import ConfigError, LoopJob, RayConfig
+from reidloop.config import LoopJob, RayConfig
 from reidloop.pair_knowledge import PairKnowledge
-from trainers.ray_train import fit_finetune, fit_pretrain
 
 from .agent_service import AgentService, RemoteStrategy
 from .embedding import embed_records
-from .env_workers import EnvWorker, LostActorState, prepare_workers, run_lockstep
-from .labelling_service import Question, ServiceOracle, pair_key, start_labelling_service
+from .env_workers import EnvWorker, LostActorState, RemoteSlots
+from .labelling_service import ServiceOracle, start_labelling_service
 from .ray_calls import died
+from .ray_start import start_or_join
+from .ray_train import fit_finetune, fit_pretrain
 
 log = logging.getLogger(__name__)
 
 ROUND_RECOVERIES = 3  # agent / env-worker restarts survived per round before giving up
-JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by `ray job submit` for the entrypoint
 
 
 def connect(cfg: RayConfig) -> None:
     """Join the cluster this job runs on (``ray.address``, else $RAY_ADDRESS as `ray job submit` sets it),
-    or start a local Ray when there is none. OMP_NUM_THREADS of the driver is passed on to the workers."""
-    if ray.is_initialized():
-        return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {}
-    # fault injection (reidloop.crashpoints) reaches the actors too
-    env = {**({"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]} if os.environ.get("OMP_NUM_THREADS") else {}),
-           **crashpoints.fault_env()}
-    if env and JOB_CONFIG_ENV not in os.environ:  # inside a submitted job the job's runtime env rules
-        kwargs["runtime_env"] = {"env_vars": env}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        from .ray_auth import init_local  # a new local Ray with token authentication
-
-        init_local(include_dashboard=False, **kwargs)
-
-
-class RoundAsker:
-    """Batched questions of one round through the service, replaying first when resuming.
-
-    With a :class:`ReplayingOracle` the logged answers of the interrupted round are served back in
-    their logged order, free; pairs still waiting to be replayed are not "known" yet (as at that point
-    of the interrupted run); a pair answered earlier (e.g. by another episode of the same lock-step)
-    is free as always. Anything else while replays are pending means the run diverged.
-
-    With ``knowledge`` (``infer_answers``), "known" is everything the answers so far imply: it is
-    answered here without a call, implied questions are never sent, and every answer is learnt.
-    """
-
-    def __init__(self, oracle, knowledge: Optional[PairKnowledge] = None) -> None:
-        self.replay: Optional[ReplayingOracle] = oracle if isinstance(oracle, ReplayingOracle) else None
-        self.service: ServiceOracle = oracle.oracle if self.replay is not None else oracle
-        self.knowledge = knowledge
-
-    def known_batch(self, requests: list[tuple[int, Sequence[int]]]) -> list[list[Optional[int]]]:
-        if self.knowledge is not None:
-            return [[self.knowledge.infer(q, int(c)) for c in cands] for q, cands in requests]
-        out = self.service.known_batch(requests)
-        if self.replay is not None and self.replay.pending:
-            waiting = {pair_key(q, c) for q, c, _ in self.replay.pending}
-            out = [[None if pair_key(q, int(c)) in waiting else y for c, y in zip(cands, ys)]
-                   for (q, cands), ys in zip(requests, out)]
-        return out
-
-    def ask_batch(self, questions: list[Question], strategy: str) -> list[Optional[int]]:
-        answers = self._ask_batch(questions, strategy)
-        if self.knowledge is not None:
-            for (q, c, _, _), y in zip(questions, answers):
-                if y is not None:  # a pair paid once and served again in the same lock-step adds nothing
-                    self.knowledge.add(q, c, y)
-        return answers
-
-    def _ask_batch(self, questions: list[Question], strategy: str) -> list[Optional[int]]:
-        answers: list[Optional[int]] = []
-        i = 0
-        while self.replay is not None and self.replay.pending and i < len(questions):
-            q, c, r, step = questions[i]
-            hq, hc, _ = self.replay.pending[0]
-            if pair_key(q, c) == pair_key(hq, hc):
-                answers.append(self.replay.ask(q, c, round=r, step=step, strategy=strategy))
-            else:
-                y = self.replay.known(q, c)  # None for a pair still waiting: asked out of order
-                if y is None:
-                    raise ResumeDiverged(f"resumed run asked ({q}, {c}) where the log has ({hq}, {hc}); "
-                                         "was the config or code changed between the runs?")
-                answers.append(y)
-            i += 1
-        return answers + self.service.ask_batch(questions[i:], strategy)
+    or start a local Ray when there is none (:func:`services.ray_start.start_or_join`)."""
+    start_or_join(cfg.address)
 
 
 class RayActiveLearningLoop(ActiveLearningLoop):
     """``ActiveLearningLoop`` on Ray: actors for agent, labelling and episodes; Ray Train; sharded embedding."""
 
     def __init__(self, job: LoopJob, progress: bool = True, on_round=None, lease_wait_s: float = 0.0) -> None:
-        if job.dral.reward != "eq9":
-            raise ConfigError(f"dral.reward: {job.dral.reward!r} runs in one process for now (run_job --local)")
-        if job.rounds != "queries":
-            raise ConfigError(f"rounds: {job.rounds!r} runs in one process for now (run_job --local); "
-                              "the Ray loop cuts rounds by queries")
         super().__init__(job, progress, on_round, lease_wait_s)
         self.agent: RemoteStrategy | None = None
         self.service: ServiceOracle | None = None
@@ -222,24 +150,26 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         return WarmStartStats(**strategy.warm_start(features, pids, job.dral, job.dral.warmstart_passes,
                                                     job.finetune.every, job.seed))
 
+    def episode_slots(self, features: np.ndarray, metric) -> RemoteSlots:
+        """The engine's slots are the env workers; they share the agent's copy of the round's (features, metric)."""
+        ref = self.agent.context_for(features, metric) if self.agent is not None else None
+        if ref is None:  # not what the agent's round began with: the workers get their own copy
+            ref = ray.put((features, metric))
+        return RemoteSlots(self.workers, ref, self.job.ray.call_timeout_s)
+
+    def episode_agent(self, strategy: RemoteStrategy) -> RemoteStrategy:
+        return strategy  # the agent actor's proxy is the engine's agent handle
+
     def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric, strategy, oracle,
-                  knowledge: Optional[PairKnowledge] = None) -> None:
-        """The round's episodes on the env workers in lock-step; recovers lost agent / worker state by replay."""
-        job = self.job
-        cands = nearest_candidates_all(features, metric, queries, job.dral.ns)
-        ctx_ref = strategy.context_for(features, metric)
-        if ctx_ref is None:  # not what the agent's round began with: the workers get their own copy
-            ctx_ref = ray.put((features, metric))
+                  knowledge: Optional[PairKnowledge] = None) -> int:
+        """The engine's round (``ActiveLearningLoop.ask_round``) on the env workers and the agent actor; a lost
+        agent or worker state is recovered by restoring the agent's round start and replaying the round's log."""
         asker = oracle
         try:
             for attempt in range(ROUND_RECOVERIES + 1):
-                try:
-                    slots = prepare_workers(self.workers, ctx_ref, job.ray.call_timeout_s)
-                    # a replayed round starts again from the round's knowledge
-                    round_knowledge = copy.deepcopy(knowledge)
-                    run_lockstep(slots, strategy, RoundAsker(asker, round_knowledge), queries, cands, round_,
-                                 job.dral.kmax)
-                    return
+                try:  # a replayed round starts again from the round's knowledge
+                    return super().ask_round(round_, queries, features, metric, strategy, asker,
+                                             copy.deepcopy(knowledge))
                 except (LostActorState, RayActorError) as exc:
                     if attempt == ROUND_RECOVERIES:
                         raise
@@ -249,11 +179,15 @@ class RayActiveLearningLoop(ActiveLearningLoop):
                     strategy.restore_round_start()
                     asker = self._round_replay(round_, oracle)
         finally:
-            if asker is not oracle and isinstance(oracle, ReplayingOracle):
-                oracle.pending.clear()  # the recovery replayed every logged answer of the round
+            replaying = oracle.asker if isinstance(oracle, RoundQuota) else oracle
+            if asker is not oracle and isinstance(replaying, ReplayingOracle):
+                replaying.pending.clear()  # the recovery replayed every logged answer of the round
 
-    def _round_replay(self, round_: int, oracle) -> ReplayingOracle:
-        """A ReplayingOracle over every answer logged so far for this round."""
+    def _round_replay(self, round_: int, oracle):
+        """The round's asker again, replaying every answer logged so far for this round (a round's share of the
+        budget, ``rounds: answers``, cut at the same question)."""
+        if isinstance(oracle, RoundQuota):
+            return RoundQuota(self._round_replay(round_, oracle.asker), oracle.quota)
         service = oracle.oracle if isinstance(oracle, ReplayingOracle) else oracle
         table = service.read()
         rows = table.filter(pa.array(table.column("round").to_numpy() >= round_))

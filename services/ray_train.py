@@ -40,7 +40,7 @@ from reidloop.data.transforms import build_transforms
 from reidloop.engine.precision import checked_precision, resolve_precision
 from reidloop.engine.train import make_optimizer, train_epoch, train_loader, warmup_factor
 from reidloop.models import ReidNet
-from services.embedding import model_from_payload, model_payload
+from .embedding import model_from_payload, model_payload
 
 STATE_FILE = "state.pt"
 

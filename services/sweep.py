@@ -1,14 +1,13 @@
-"""Hyperparameter sweeps of the active-learning loop with Ray Tune (Kmax, ns, κ, thred, m, learning rates).
+"""Hyperparameter sweeps of the active-learning loop with Ray Tune: the library behind ``trainers.sweep``.
 
-    python -m trainers.sweep --config tune_configs/sweep_synthetic.yaml [--resume] [--set num_samples=8]
-    ray job submit --working-dir . -- python -m trainers.sweep --config tune_configs/sweep_paper.yaml \\
-        --set overrides.data.root=/data/Market-1501-v15.09.15 --set storage_path=/shared/sweeps
-
-The sweep file (reidloop/config/sweep.py) is validated in full before Ray is touched. Ray: the cluster
-of $RAY_ADDRESS (set by `ray job submit`), else a new local instance. Each trial runs the loop
-(trainers/tune_trial.py) and reports every round; ASHA can cut poor trials between rounds. An
-interrupted sweep continues with --resume (Tuner.restore): finished trials are kept, unfinished ones
-resume from their last round checkpoint.
+:func:`run_sweep` takes a validated sweep (``reidloop.config.sweep.load_sweep``: the whole file is checked
+before Ray is touched), joins or starts Ray (:func:`services.ray_start.start_or_join`: the cluster of
+$RAY_ADDRESS, set by `ray job submit`, else a new local instance), builds the Tuner (:func:`make_tuner`:
+search space, searcher, ASHA scheduler, the trainable ``services.tune_trial.run_trial`` with its resources)
+and runs it. Each trial runs the loop and reports every round; ASHA can cut poor trials between rounds.
+An interrupted sweep continues with ``resume=True`` (Tuner.restore): finished trials are kept, unfinished
+ones resume from their last round checkpoint. With nothing swept that changes pre-training, the CNN is
+pre-trained once, as a Ray task, for all trials (:func:`shared_pretraining`).
 
 Writes to <storage_path>/<name>/: the Tune experiment (one trial_<id>/ folder per trial), sweep.yaml
 (the resolved sweep), trials.parquet + trials.csv, objective_vs_params.png and best_config.yaml — a
@@ -16,24 +15,23 @@ complete LoopJob for `python -m trainers.run_job --config best_config.yaml`.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
-import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from reidloop.config import ConfigError, LoopJob
-from reidloop.config.sweep import SEARCHERS, Distribution, Sweep, load_sweep
+from reidloop.config.sweep import SEARCHERS, Distribution, Sweep
 from reidloop.sweeps import best_trial, plot_objective, trial_status, trials_table, write_best_config, write_tables
 from reidloop.sweeps.objective import METRICS
 
-log = logging.getLogger("trainers.sweep")
+from .ray_start import start_or_join
+
+log = logging.getLogger(__name__)
 
 # Swept fields that change pre-training; with none of them swept, all trials share one pre-trained CNN.
 PRETRAIN_FIELDS = ("data.", "model.", "pretrain.", "pretrain_fraction", "checkpoint", "seed")
@@ -90,24 +88,6 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def connect(num_cpus: int | None = None, threads: int = 1) -> None:
-    """Join $RAY_ADDRESS (e.g. under `ray job submit`), else start a local Ray; no-op if connected."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    from reidloop.crashpoints import fault_env
-
-    address = os.environ.get("RAY_ADDRESS")
-    if address:  # (fault injection in tests reaches the trials: empty otherwise)
-        ray.init(address=address, **({"runtime_env": {"env_vars": fault_env()}} if fault_env() else {}))
-    else:  # "local": never attach to some other Ray already running on this machine; token authentication
-        from services.ray_auth import init_local
-
-        init_local(num_cpus=num_cpus, include_dashboard=False,
-                   runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
-
-
 # ------------------------------------------------------------------------- the sweep
 def trial_setup(sweep: Sweep, pretrained: str | None) -> dict:
     c = sweep.config
@@ -158,7 +138,7 @@ def _check_resume(sweep: Sweep, saved: Path) -> None:
 def make_tuner(sweep: Sweep, resume: bool, verbose: int = 1):
     from ray import tune
 
-    from .tune_trial import run_trial
+    from .tune_trial import run_trial  # pickled by reference: workers import services.tune_trial
 
     c = sweep.config
     exp = c.experiment_dir
@@ -254,34 +234,10 @@ def write_outputs(sweep: Sweep, recs: list[dict]) -> SweepOutputs:
 
 
 def run_sweep(sweep: Sweep, resume: bool = False, verbose: int = 1, num_cpus: int | None = None) -> SweepOutputs:
-    """Run (or resume) the sweep to the end on the connected Ray, then write its outputs."""
-    connect(num_cpus, sweep.config.resources.threads)
+    """Run (or resume) the sweep to the end on Ray (joined or started here; ``num_cpus`` sizes a local
+    Ray only), then write its outputs."""
+    start_or_join(num_cpus=num_cpus, env_vars={"OMP_NUM_THREADS": str(sweep.config.resources.threads)})
     results = make_tuner(sweep, resume, verbose).fit()
     out = write_outputs(sweep, records(sweep, results))
     log.info("%d trials: table %s, plot %s, best config %s", len(results), out.table, out.plot, out.best_config)
     return out
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="sweep YAML (see tune_configs/sweep_*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a sweep value, e.g. --set num_samples=8 --set overrides.data.root=/data")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        sweep = load_sweep(args.config, args.overrides)
-        out = run_sweep(sweep, resume=args.resume, verbose=0 if args.quiet else 1, num_cpus=args.num_cpus)
-    except ConfigError as exc:
-        sys.exit(f"config error: {exc}")
-    if out.best is not None:
-        o = sweep.config.objective
-        print(f"best trial {out.best['trial_id']}: {o.metric}={out.best[o.metric]:.4g}  -> {out.best_config}")
-    print(f"sweep outputs in {out.experiment_dir}")
-
-
-if __name__ == "__main__":
-    main()

@@ -81,7 +81,7 @@ def log_event(path: Path, **event) -> None:
 
 
 def run_trial(config: dict, setup: dict) -> None:
-    """The Tune function trainable. ``setup`` (from trainers.sweep.trial_setup) holds the base job tree,
+    """The Tune function trainable. ``setup`` (from services.sweep.trial_setup) holds the base job tree,
     the swept parameter names, the objective's target, the thread count, the loop kind and the sweep
     folder."""
     import torch

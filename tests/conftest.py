@@ -1,7 +1,11 @@
-"""Shared fixtures. One real local Ray per test session (started on first use only)."""
+"""Shared fixtures and helpers. One real local Ray per test session (started on first use only)."""
 from __future__ import annotations
 
+import io
 import os
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -44,12 +48,149 @@ def synthetic_tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """An untrained resnet18 checkpoint (the loop's mechanics do not need a good model)."""
+    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
+    write_checkpoint(path, seed=0)
+    return str(path)
+
+
+# ---------------------------------------------------------------------- helpers shared by test files
+# Plain functions (``from conftest import tiny_job``), for module-level parametrize values and the scripts
+# some tests run as subprocesses, where fixtures cannot reach. Heavy imports stay inside them.
+
+# The loop's rounds cut by answers: a fine-tune after every 5 answers, 10 in all.
+BY_ANSWERS = {"rounds": "answers", "oracle.budget": 10, "oracle.flush_every": 3}
+
+
+def tiny_job(out, checkpoint, cache, **over):
+    """A LoopJob that runs the whole loop in seconds: 8 synthetic identities (cached in ``cache``), resnet18
+    from ``checkpoint`` ("" pre-trains one), 12 queries, 2 rounds; ``over``: dotted fields on top."""
+    from reidloop.config import LoopJob, load_config
+
+    sets = [
+        "data.height=32", "data.width=16", f"data.root={cache}",
+        "data.synthetic.train_ids=8", "data.synthetic.test_ids=4", "data.synthetic.images_per_camera=2",
+        "data.synthetic.height=32", "data.synthetic.width=16",
+        "model.backbone=resnet18", f"checkpoint={checkpoint}",
+        "dral.ns=6", "dral.kmax=3", "dral.kappa=3", "dral.batch_size=8", "dral.replay_size=64",
+        "finetune.lr=1e-4", "finetune.every=0.5", "finetune.epochs=1", "finetune.queries_per_batch=4",
+        "eval.batch_size=64", f"output_dir={out}", "max_queries=12",
+    ] + [f"{k}={v}" for k, v in over.items()]
+    return load_config(LoopJob, None, sets)
+
+
+def answered(out) -> tuple[list[int], list[int], list[int]]:
+    """(queries, candidates, answers) of the run in ``out``, in the answer log's order."""
+    from reidloop.answer_log import AnswerLog
+
+    t = AnswerLog(out / "answers").read()
+    return t.column("query").to_pylist(), t.column("candidate").to_pylist(), t.column("answer").to_pylist()
+
+
+def implied_when_asked(out) -> int:
+    """How many logged questions the earlier answers already settled (by transitivity)."""
+    from reidloop.answer_log import AnswerLog
+    from reidloop.pair_knowledge import PairKnowledge
+
+    t = AnswerLog(out / "answers").read().sort_by("question_id")
+    k, implied = PairKnowledge(10_000), 0
+    for q, c, y in zip(*(t.column(n).to_pylist() for n in ("query", "candidate", "answer"))):
+        if k.infer(q, c) is not None:
+            implied += 1
+        else:
+            k.add(q, c, y)
+    return implied
+
+
+class Crash(Exception):
+    """Raised by :func:`crashing_loop`'s loop where a killed driver would have died."""
+
+
+def crashing_loop(job, after: int):
+    """An ActiveLearningLoop that dies (raises Crash, like a killed driver) once ``after`` new answers are logged."""
+    from reidloop.active.loop import ActiveLearningLoop
+
+    class CrashingLoop(ActiveLearningLoop):
+        def __init__(self, job, after):
+            super().__init__(job, progress=False)
+            self.left = after  # over the whole run, not per round
+
+        def ask_round(self, round_, queries, features, metric, strategy, oracle, knowledge=None):
+            ask = oracle.__dict__.setdefault("real_ask", oracle.ask)  # wrapped once, whatever the round
+
+            def dying_ask(*a, **kw):
+                if self.left == 0:
+                    raise Crash()
+                self.left -= 1
+                return ask(*a, **kw)
+
+            oracle.ask = dying_ask
+            return super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
+
+    return CrashingLoop(job, after)
+
+
+def write_checkpoint(path, seed: int = 0, backbone: str = "resnet18", **extra):
+    """An untrained embedding model (no classifier) seeded by ``seed``, saved with ``extra`` metrics; returned."""
     import torch
 
     from reidloop.config import ModelConfig
     from reidloop.models import build_model, save_checkpoint
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "init.pt"
-    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0))
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(backbone=backbone), num_classes=0)
+    save_checkpoint(path, model, extra=extra)
+    return model
+
+
+def encode_image(rgb, fmt: str = "PNG") -> bytes:
+    """An (H, W, 3) uint8 array as the bytes of an image file in ``fmt``."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_image(path, h: int = 16, w: int = 8, seed: int = 0, mode: str = "RGB") -> str:
+    """A random h×w image file (format from the suffix, colour ``mode``), its folder created; the path."""
+    import numpy as np
+    from PIL import Image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray((np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8))
+    (img if mode == "RGB" else img.convert(mode)).save(path)
     return str(path)
+
+
+def wait_for(predicate, what: str, deadline_s: float = 30.0, every_s: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned); fail naming ``what`` after the deadline."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        threading.Event().wait(every_s)
+    pytest.fail(f"timed out after {deadline_s} s waiting for {what}")
+
+
+def pair_array(pairs):
+    """Index pairs as a (P, 2) int64 array (also when there are none)."""
+    import numpy as np
+
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def query_episode(features, query: int, candidates, known=None, ns: int = 4):
+    """``(env, obs, info)`` of a QueryEpisodeEnv (Kmax = ns, κ = 2) reset on ``query`` and its ``candidates``,
+    Euclidean distances between ``features``; ``known``: answers already known by candidate position."""
+    import numpy as np
+
+    from reidloop.dral.env import QueryEpisodeEnv
+    from reidloop.dral.metric import EuclideanMetric
+
+    env = QueryEpisodeEnv(ns=ns, kmax=ns, kappa=2, thred=0.4, margin=0.2)
+    idx = np.concatenate([[query], candidates])
+    dist = EuclideanMetric().pairwise(features[idx], features[idx])
+    obs, info = env.reset(options={"query": query, "candidates": np.array(candidates), "distances": dist,
+                                   "known": known or {}})
+    return env, obs, info

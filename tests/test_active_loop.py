@@ -10,25 +10,8 @@ import pytest
 from reidloop.active.finetune import components, pair_batches
 from reidloop.active.loop import ActiveLearningLoop, round_slices
 from reidloop.answer_log import AnswerLog
-from reidloop.config import ConfigError, LoopJob, load_config
-
-
-def tiny_job(out, checkpoint, cache, **over) -> LoopJob:
-    sets = [
-        "data.height=32", "data.width=16", f"data.root={cache}",
-        "data.synthetic.train_ids=8", "data.synthetic.test_ids=4", "data.synthetic.images_per_camera=2",
-        "data.synthetic.height=32", "data.synthetic.width=16",
-        "model.backbone=resnet18", f"checkpoint={checkpoint}",
-        "dral.ns=6", "dral.kmax=3", "dral.kappa=3", "dral.batch_size=8", "dral.replay_size=64",
-        "finetune.lr=1e-4", "finetune.every=0.5", "finetune.epochs=1", "finetune.queries_per_batch=4",
-        "eval.batch_size=64", f"output_dir={out}", "max_queries=12",
-    ] + [f"{k}={v}" for k, v in over.items()]
-    return load_config(LoopJob, None, sets)
-
-
-def answered(out):
-    t = AnswerLog(out / "answers").read()
-    return t.column("query").to_pylist(), t.column("candidate").to_pylist(), t.column("answer").to_pylist()
+from reidloop.config import ConfigError
+from conftest import BY_ANSWERS, Crash, answered, crashing_loop, implied_when_asked, tiny_job
 
 
 def test_round_slices_cover_every_query_once():
@@ -102,30 +85,6 @@ def test_pretraining_is_reproducible(tmp_path):
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
-class Crash(Exception):
-    pass
-
-
-class CrashingLoop(ActiveLearningLoop):
-    """Dies (like a killed driver) after `after` new answers have been logged."""
-
-    def __init__(self, job, after):
-        super().__init__(job, progress=False)
-        self.left = after  # over the whole run, not per round
-
-    def ask_round(self, round_, queries, features, metric, strategy, oracle, knowledge=None):
-        ask = oracle.__dict__.setdefault("real_ask", oracle.ask)  # wrapped once, whatever the round
-
-        def dying_ask(*a, **kw):
-            if self.left == 0:
-                raise Crash()
-            self.left -= 1
-            return ask(*a, **kw)
-
-        oracle.ask = dying_ask
-        return super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, tiny_checkpoint):
     """The reference: the same job run without interruption."""
@@ -140,7 +99,7 @@ def test_resume_after_a_crash_asks_the_same_pairs(tmp_path, tiny_checkpoint, uni
     cache = root / "cache"
     job = tiny_job(tmp_path / "crash", tiny_checkpoint, cache)
     with pytest.raises(Crash):
-        CrashingLoop(job, after=crash_after).run()
+        crashing_loop(job, after=crash_after).run()
     assert len(answered(tmp_path / "crash")[0]) == crash_after  # nothing collected was lost
     resumed = ActiveLearningLoop(job, progress=False).run()
     assert resumed.replayed_answers > 0
@@ -153,7 +112,7 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_checkpoint):
     cache = tmp_path / "cache"
     job = tiny_job(tmp_path / "r", tiny_checkpoint, cache)
     with pytest.raises(Crash):
-        CrashingLoop(job, after=4).run()
+        crashing_loop(job, after=4).run()
     changed = tiny_job(tmp_path / "r", tiny_checkpoint, cache, strategy="qiu")
     with pytest.raises(ConfigError, match=r"cannot resume with a changed config \(strategy: 'dral' -> 'qiu'\)"):
         ActiveLearningLoop(changed, progress=False).run()
@@ -162,20 +121,6 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_checkpoint):
         ActiveLearningLoop(tiny_job(tmp_path / "r", tiny_checkpoint, cache, **{"finetune.lr": 1e-3}), progress=False).run()
     assert len(answered(tmp_path / "r")[0]) == 4  # the log is untouched
     ActiveLearningLoop(job, progress=False).run()  # and the same config resumes
-
-
-def implied_when_asked(out) -> int:
-    """How many logged questions the earlier answers already settled (by transitivity)."""
-    from reidloop.pair_knowledge import PairKnowledge
-
-    t = AnswerLog(out / "answers").read().sort_by("question_id")
-    k, implied = PairKnowledge(10_000), 0
-    for q, c, y in zip(*(t.column(n).to_pylist() for n in ("query", "candidate", "answer"))):
-        if k.infer(q, c) is not None:
-            implied += 1
-        else:
-            k.add(q, c, y)
-    return implied
 
 
 @pytest.mark.parametrize("strategy", ["dral", "random"])
@@ -191,9 +136,6 @@ def test_no_question_is_implied_by_earlier_answers(tmp_path, tiny_checkpoint, st
 
 
 # ------------------------------------------------------------------ rounds cut by answers
-BY_ANSWERS = {"rounds": "answers", "oracle.budget": 10, "oracle.flush_every": 3}
-
-
 def round_of_each_answer(out) -> list[int]:
     return AnswerLog(out / "answers").read().column("round").to_pylist()
 
@@ -228,7 +170,7 @@ def test_rounds_by_answers_resume_asks_the_same_questions_in_order(tmp_path, tin
     full = ActiveLearningLoop(tiny_job(tmp_path / "full", tiny_checkpoint, cache, **BY_ANSWERS), progress=False).run()
     job = tiny_job(tmp_path / "crash", tiny_checkpoint, cache, **BY_ANSWERS)
     with pytest.raises(Crash):
-        CrashingLoop(job, after=crash_after).run()
+        crashing_loop(job, after=crash_after).run()
     resumed = ActiveLearningLoop(job, progress=False).run()
     assert answered(tmp_path / "full") == answered(tmp_path / "crash")  # same pairs, same order
     assert round_of_each_answer(tmp_path / "full") == round_of_each_answer(tmp_path / "crash")

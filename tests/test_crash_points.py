@@ -18,22 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_job
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def job(out, checkpoint, cache):
-    from reidloop.config import LoopJob, load_config
-
-    sets = [
-        "data.height=32", "data.width=16", f"data.root={cache}",
-        "data.synthetic.train_ids=8", "data.synthetic.test_ids=4", "data.synthetic.images_per_camera=2",
-        "data.synthetic.height=32", "data.synthetic.width=16",
-        "model.backbone=resnet18", f"checkpoint={checkpoint}", "strategy=dral",
-        "dral.ns=6", "dral.kmax=3", "dral.kappa=3", "dral.batch_size=8", "dral.replay_size=64",
-        "finetune.lr=1e-4", "finetune.every=0.5", "finetune.epochs=1", "finetune.queries_per_batch=4",
-        "eval.batch_size=64", f"output_dir={out}", "max_queries=12",
-    ]
-    return load_config(LoopJob, None, sets)
+    return tiny_job(out, checkpoint, cache, strategy="dral")
 
 
 def run(out: Path, checkpoint: str, cache: Path, **env) -> subprocess.CompletedProcess:

@@ -9,16 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reidloop.active.episodes import EpisodeStats, run_episode
+from reidloop.active.engine import Answers, EpisodeStats, LocalAgent, LocalSlots, run_round
 from reidloop.active.loop import ActiveLearningLoop
 from reidloop.config import ConfigError, DralConfig, LoopJob, load_config
 from reidloop.dral.agent import q_target
-from reidloop.dral.env import QueryEpisodeEnv
 from reidloop.dral.metric import EuclideanMetric
 from reidloop.strategies.base import Transition
 from reidloop.strategies.dral import DralStrategy
 
-from test_active_loop import BY_ANSWERS, Crash, CrashingLoop, answered, tiny_job
+from conftest import BY_ANSWERS, Crash, answered, crashing_loop, tiny_job
 
 STOP = {"strategy": "dral", "dral.reward": "links", "dral.stop": "true"}
 
@@ -76,9 +75,15 @@ def test_an_agent_that_values_no_candidate_above_its_price_ends_the_episode_unas
     features = rng.normal(size=(6, 3)).astype(np.float32)
     asked = []
 
-    def answer(q, c, r, step):
-        asked.append(c)
-        return -1
+    class Different:  # answers "different" to everything, unlimited
+        remaining = None
+
+        def known_batch(self, requests):
+            return [[None] * len(c) for _, c in requests]
+
+        def ask_batch(self, questions, strategy):
+            asked.extend(c for _, c, _, _ in questions)
+            return [-1] * len(questions)
 
     for stop in (False, True):
         s = tiny_strategy() if stop else DralStrategy(DralConfig(ns=4, kmax=3, kappa=2, reward="links"), seed=0)
@@ -86,9 +91,10 @@ def test_an_agent_that_values_no_candidate_above_its_price_ends_the_episode_unas
         with torch.no_grad():  # Q(s, a) = -1 for every candidate
             last.weight.zero_()
             last.bias.fill_(-1.0)
-        env = QueryEpisodeEnv.from_config(s.cfg)
         stats, asked = EpisodeStats(), []
-        n = run_episode(env, s, 0, np.arange(1, 5), features, EuclideanMetric(), {}, answer, 1, stats=stats)
+        run_round(LocalSlots(s.cfg, features, EuclideanMetric()), LocalAgent(s), Answers(Different()),
+                  np.array([0]), np.arange(1, 5)[None], 1, s.cfg.kmax, reward_kind=s.cfg.reward, stats=stats)
+        n = len(asked)
         if stop:
             assert n == 0 and asked == [] and (stats.stopped, stats.episodes) == (1, 0)
         else:  # the paper's agent always asks Kmax
@@ -108,7 +114,7 @@ def test_a_stopping_run_spends_its_budget_and_resumes_to_the_same_questions(tmp_
     assert saved["agent"]["price"] >= 0.0 and saved["pace"] is not None
     job = tiny_job(tmp_path / "crash", tiny_checkpoint, cache, **over)
     with pytest.raises(Crash):
-        CrashingLoop(job, after=crash_after).run()
+        crashing_loop(job, after=crash_after).run()
     ActiveLearningLoop(job, progress=False).run()
     assert answered(tmp_path / "full") == answered(tmp_path / "crash")  # same pairs, same order
     assert json.loads((tmp_path / "crash" / "state.json").read_text())["next_query"] == \

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -12,18 +11,11 @@ from reidloop.data.images import ReidImageDataset, load_image, relabel, verify_i
 from reidloop.data.records import DatasetError, ImageRecord
 from reidloop.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms
 
-
-def _write(path, h=16, w=8, seed=0, mode="RGB"):
-    arr = (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
-    img = Image.fromarray(arr)
-    if mode != "RGB":
-        img = img.convert(mode)
-    img.save(path)
-    return str(path)
+from conftest import write_image
 
 
 def _truncated(path):
-    good = _write(path, h=32, w=16)
+    good = write_image(path, h=32, w=16)
     data = open(good, "rb").read()
     open(good, "wb").write(data[: len(data) * 2 // 3])
     return good
@@ -35,9 +27,9 @@ def _text_as_jpg(path):
 
 
 def test_load_image_rgb_from_jpeg_and_grayscale_png(tmp_path):
-    img = load_image(_write(tmp_path / "a.jpg"))
+    img = load_image(write_image(tmp_path / "a.jpg"))
     assert img.mode == "RGB" and img.size == (8, 16)
-    gray = load_image(_write(tmp_path / "g.png", mode="L"))
+    gray = load_image(write_image(tmp_path / "g.png", mode="L"))
     assert gray.mode == "RGB" and gray.size == (8, 16)
 
 
@@ -56,17 +48,17 @@ def test_load_image_missing_file(tmp_path):
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("limit", [100, 50])  # 128 px: over the limit (our guard), over twice it (PIL's)
 def test_load_image_pixel_limit(tmp_path, monkeypatch, limit):
-    path = _write(tmp_path / "big.png")
+    path = write_image(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(DatasetError, match="big.png.*pixels"):
         load_image(path)
 
 
 def _records(tmp_path):
-    good1 = ImageRecord(_write(tmp_path / "1.jpg"), 7, 0)
+    good1 = ImageRecord(write_image(tmp_path / "1.jpg"), 7, 0)
     bad = ImageRecord(_truncated(tmp_path / "2.jpg"), 7, 1)
     text = ImageRecord(_text_as_jpg(tmp_path / "3.jpg"), 9, 0)
-    good2 = ImageRecord(_write(tmp_path / "4.png", seed=1), 9, 1)
+    good2 = ImageRecord(write_image(tmp_path / "4.png", seed=1), 9, 1)
     return [good1, bad, text, good2]
 
 
@@ -115,7 +107,7 @@ def test_dataset_bad_image_raises_or_is_skipped(tmp_path):
 
 
 def test_dataset_unknown_pid_is_rejected(tmp_path):
-    recs = [ImageRecord(_write(tmp_path / "1.jpg"), 7, 0)]
+    recs = [ImageRecord(write_image(tmp_path / "1.jpg"), 7, 0)]
     with pytest.raises(ValueError, match=r"\[7\]"):
         ReidImageDataset(recs, pid_to_label={8: 0})
 
@@ -130,7 +122,7 @@ def test_eval_transform_resizes_and_normalises(tmp_path):
 
 
 def test_train_transform_is_random_with_right_shape(tmp_path):
-    img = load_image(_write(tmp_path / "a.jpg", h=32, w=16))
+    img = load_image(write_image(tmp_path / "a.jpg", h=32, w=16))
     tf = build_transforms(32, 16, train=True)
     torch.manual_seed(0)
     outs = [tf(img) for _ in range(8)]

@@ -2,7 +2,6 @@
 serveConfigV2, the image. Pure YAML / JSON-schema work: no cluster, no Ray, no Docker."""
 from __future__ import annotations
 
-import copy
 import gzip
 import importlib.util
 import re

@@ -9,7 +9,8 @@ from reidloop.config import load_config
 from reidloop.config.l2r import ACQUISITIONS, L2RExperimentJob, LossModuleConfig, SorterConfig
 from reidloop.data.records import DatasetError
 from reidloop.l2r.acquisition import AcquisitionInputs, build_acquisition, entropy, k_center_greedy
-from reidloop.l2r.classify import CLASSES, aggregate, load_cifar, markdown_table, plot_results, run_strategy
+from reidloop.l2r.cifar import CLASSES, load_cifar
+from reidloop.l2r.experiment import aggregate, markdown_table, plot_results, run_strategy
 from reidloop.l2r.loss_module import L2RLearner, LL4ALLearner
 from reidloop.l2r.sorter import GRUSorter, freeze, train_sorter
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from reidloop.config.l2r import SorterConfig, TargetTrainConfig
-from reidloop.l2r.classify import Augment, SmallCNN, train_cycle
+from reidloop.l2r.cifar import Augment
+from reidloop.l2r.classifier import SmallCNN, train_cycle
 from reidloop.l2r.loss_module import (L2RLearner, LL4ALLearner, LL4ALModule, LossPredictionModule,
                                       margin_ranking_loss, rank_loss)
 from reidloop.l2r.sorter import ranks, spearman, train_sorter

@@ -4,16 +4,18 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from reidloop.active.loop import ActiveLearningLoop
 from reidloop.config import DralConfig, LoopJob, load_config
 from reidloop.config.l2r import L2RReidConfig
-from reidloop.dral.env import QueryEpisodeEnv
 from reidloop.dral.metric import EuclideanMetric
 from reidloop.l2r.sorter import spearman
 from reidloop.strategies import RoundContext, Transition, build_strategy
 from reidloop.strategies.l2r import L2RStrategy, pair_distances
+
+from conftest import pair_array, query_episode
 
 NS = 4
 CFG = L2RReidConfig(steps=60, min_answers=8)
@@ -33,15 +35,11 @@ def hard_and_easy_pool(seed=0):
 def answered(ids, pairs):
     pos = [(a, b) for a, b in pairs if ids[a] == ids[b]]
     neg = [(a, b) for a, b in pairs if ids[a] != ids[b]]
-    arr = lambda p: np.array(p, dtype=np.int64).reshape(-1, 2)  # noqa: E731
-    return arr(pos), arr(neg)
+    return pair_array(pos), pair_array(neg)
 
 
 def episode(features, query, candidates):
-    env = QueryEpisodeEnv(ns=NS, kmax=NS, kappa=2, thred=0.4, margin=0.2)
-    idx = np.concatenate([[query], candidates])
-    D = EuclideanMetric().pairwise(features[idx], features[idx])
-    obs, info = env.reset(options={"query": query, "candidates": np.array(candidates), "distances": D})
+    env, obs, info = query_episode(features, query, candidates, ns=NS)
     return env, obs, info["action_mask"]
 
 
@@ -100,6 +98,7 @@ def test_learns_online_and_its_state_round_trips(tmp_path):
     assert np.allclose(fresh.predicted_losses(env), s.predicted_losses(env))  # too few answers: no refit
 
 
+@pytest.mark.slow  # a whole loop run: 3-4 s
 def test_l2r_runs_in_the_loop_on_synthetic_data(tmp_path, tiny_checkpoint):
     sets = ["data.height=32", "data.width=16", f"data.root={tmp_path / 'cache'}",
             "data.synthetic.train_ids=8", "data.synthetic.test_ids=4", "data.synthetic.images_per_camera=2",

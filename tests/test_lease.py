@@ -192,7 +192,7 @@ def assert_every_answer_kept(out: Path) -> None:
 
 
 def write_job(tmp_path: Path, tiny_checkpoint: str, name: str, **over) -> tuple[Path, Path]:
-    from test_active_loop import tiny_job
+    from conftest import tiny_job
 
     out = tmp_path / name
     job = tiny_job(out, tiny_checkpoint, tmp_path / "cache", strategy="random", **over)

@@ -112,8 +112,9 @@ def test_knowledge_from_an_erring_log_skips_contradictions():
 @pytest.mark.parametrize("reward", ["eq9", "links"])
 def test_links_reward_pays_for_the_links_an_answer_establishes(reward):
     """dral.reward=links: 1 per "same" answer plus 1 per candidate it shows to be the query's person."""
-    from reidloop.active.episodes import EpisodeStats, run_episode
+    from reidloop.active.engine import Answers, EpisodeStats, LocalAgent, LocalSlots, run_round
     from reidloop.config import DralConfig
+    from reidloop.oracle import ask_each
     from reidloop.dral.metric import EuclideanMetric
     from reidloop.strategies.nearest import NearestStrategy
 
@@ -128,16 +129,23 @@ def test_links_reward_pays_for_the_links_an_answer_establishes(reward):
     labels = np.array([0, 0, 1, 0, 2, 1, 3])
     features = np.arange(7, dtype=np.float32)[:, None]
     knowledge = PairKnowledge(7, [(1, 3, 1)])  # 1 ~ 3 known before the episode (not about the query)
-    env = QueryEpisodeEnv.from_config(DralConfig(ns=6, kmax=3, kappa=3, reward=reward))
+    dral = DralConfig(ns=6, kmax=3, kappa=3, reward=reward)
 
-    def answer(q, c, r, step):
-        y = 1 if labels[q] == labels[c] else -1
-        knowledge.add(q, c, y)
-        return y
+    class Labels:  # the truth, unlimited
+        remaining = None
+
+        def known(self, q, c):
+            return None
+
+        def ask(self, q, c, **_):
+            return 1 if labels[q] == labels[c] else -1
+
+        def ask_batch(self, questions, strategy):
+            return ask_each(self, questions, strategy)
 
     strategy, stats = Recording(), EpisodeStats(gamma=0.9)
-    run_episode(env, strategy, 0, np.arange(1, 7), features, EuclideanMetric(), {}, answer, 1,
-                infer=knowledge.infer, stats=stats)
+    run_round(LocalSlots(dral, features, EuclideanMetric()), LocalAgent(strategy), Answers(Labels(), knowledge),
+              np.array([0]), np.arange(1, 7)[None], 1, dral.kmax, reward_kind=reward, stats=stats)
     # nearest-first: 1 is "same" and settles 3 (1 ~ 3) for free; then 2 "different" (and 5 ~ 2 is unknown)
     assert [(c, y) for c, y, _ in strategy.seen] == [(1, 1), (2, -1), (4, -1)]
     if reward == "links":

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from reidloop.active.loop import ActiveLearningLoop
 from reidloop.answer_log import AnswerLog
 from reidloop.config import save_config
 from reidloop.models import load_checkpoint
-from test_active_loop import implied_when_asked, tiny_job
+from conftest import implied_when_asked, tiny_job, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,15 +75,6 @@ def logged(out: Path) -> int:
     return n
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)  # polling interval of a condition with a deadline
-    return value
-
-
 def pid_of(path: str) -> int:
     return int(re.match(r"(\d+)_", Path(path).name).group(1))
 
@@ -129,7 +119,8 @@ def test_loop_through_actors_and_ray_train(ray_session, work, tiny_checkpoint):
     rows = pq.read_table(out / "rounds.parquet").to_pylist()
     assert [r["round"] for r in rows] == [0, 1, 2] and [r["answers"] for r in rows] == [0, 18, 24]
     assert all(0.0 <= r["mAP"] <= 1.0 for r in rows) and all(r["finetune_seconds"] > 0 for r in rows[1:])
-    assert json.loads((out / "state.json").read_text()) == {"completed_round": 2, "answers": 24, "next_query": 12,
+    # the budget ran out in round 2's 8th query (counted as browsed, as in the in-process loop: one engine)
+    assert json.loads((out / "state.json").read_text()) == {"completed_round": 2, "answers": 24, "next_query": 8,
                                                             "checkpoint": "checkpoints/round-0002"}
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["round-0002"]  # the previous round's is pruned
     tag = f"e2e-{(out / 'ray_run_id').read_text()}"
@@ -156,12 +147,12 @@ def test_killed_labelling_service_restarts_and_the_run_asks_the_same(ray_session
 
     def killer():
         try:
-            wait_for(lambda: logged(out) >= 5, 300, "5 logged answers")
+            wait_for(lambda: logged(out) >= 5, "5 logged answers", 300)
             handle = ray.get_actor(service_name(str((out / "answers").resolve())), namespace=NAMESPACE)
             seen["before"] = ray.get(handle.pid.remote())
             ray.kill(handle, no_restart=False)
             seen["after"] = wait_for(lambda: (pid := ray.get(handle.pid.remote())) != seen["before"] and pid,
-                                     120, "the restarted labelling service")
+                                     "the restarted labelling service", 120)
         except BaseException as exc:  # reported by the main thread
             seen["error"] = exc
 
@@ -189,7 +180,7 @@ def test_killed_driver_resumes_and_asks_the_same(ray_session, work, tiny_checkpo
     with open(work / "kill-driver.log", "w") as stderr:
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            wait_for(lambda: logged(out) >= 5 or first.poll() is not None, 300, "5 logged answers")
+            wait_for(lambda: logged(out) >= 5 or first.poll() is not None, "5 logged answers", 300)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(60)
@@ -205,17 +196,29 @@ def test_killed_driver_resumes_and_asks_the_same(ray_session, work, tiny_checkpo
     assert summary["answers"] == reference[1].answers
 
 
-def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, work, tiny_checkpoint):
+TRACE = ("answers", "episodes", "questions", "same_answers", "episodes_stopped")
+
+
+@pytest.mark.parametrize("name,over", [
+    ("dral", {"strategy": "dral"}),
+    # the paths the Ray loop once refused: rounds cut by answers, the links reward, the agent's stop
+    ("stop", {"strategy": "dral", "dral.reward": "links", "dral.stop": "true", "dral.stop_pace_rate": 2.0,
+              "infer_answers": "true", "rounds": "answers", "oracle.budget": 10}),
+])
+def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, work, tiny_checkpoint, name, over):
+    """The in-process loop and the Ray loop run one episode engine: the same questions, in the same order."""
     from services.ray_loop import RayActiveLearningLoop
 
-    over = {"ray.env_workers": 1, "strategy": "dral"}
-    local = ActiveLearningLoop(ray_job(work, tiny_checkpoint, "w1-local", **over), progress=False).run()
-    remote = RayActiveLearningLoop(ray_job(work, tiny_checkpoint, "w1-ray", **over), progress=False).run()
-    assert log_rows(work / "w1-ray") == log_rows(work / "w1-local")  # same questions, same order
+    over = {"ray.env_workers": 1, **over}
+    local = ActiveLearningLoop(ray_job(work, tiny_checkpoint, f"w1-local-{name}", **over), progress=False).run()
+    remote = RayActiveLearningLoop(ray_job(work, tiny_checkpoint, f"w1-ray-{name}", **over), progress=False).run()
+    assert log_rows(work / f"w1-ray-{name}") == log_rows(work / f"w1-local-{name}")  # same questions, same order
     assert remote.answers == local.answers > 0
-    assert implied_when_asked(work / "w1-ray") == 0  # settled pairs were revealed, not asked (5 with inference off)
+    assert implied_when_asked(work / f"w1-ray-{name}") == 0  # settled pairs were revealed, not asked
     for a, b in zip(local.rounds, remote.rounds):
         assert a["mAP"] == pytest.approx(b["mAP"]) and a["answers"] == b["answers"]
+    for a, b in zip(local.rounds[1:], remote.rounds[1:]):  # (round 0, the pre-trained model, asks nothing)
+        assert {k: a[k] for k in TRACE} == {k: b[k] for k in TRACE}  # the same episodes, traced alike
 
 
 def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_session, work, tiny_checkpoint,
@@ -239,7 +242,7 @@ def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_se
 
             strategy.step = step_after_kill
             try:
-                super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
+                return super().ask_round(round_, queries, features, metric, strategy, oracle, knowledge)
             finally:
                 strategy.step = step
 

@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from reidloop.config.schema import DataConfig, SyntheticConfig
 from reidloop.data.cuhk01 import read_cuhk01
@@ -16,18 +15,15 @@ from reidloop.data.market import read_dukemtmc, read_market1501
 from reidloop.data.records import DatasetError, ImageRecord, ReidSplits
 from reidloop.data.registry import build_splits, split_identities
 
+from conftest import write_image
+
 REAL_CUHK03 = Path("/work/shared/data/cuhk03")
-
-
-def _img(path: Path, color=(10, 20, 30)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 16), color).save(path)
 
 
 def _files(folder: Path, names) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in reversed(sorted(names)):  # creation order differs from name order
-        _img(folder / name)
+        write_image(folder / name)
 
 
 # ---------------------------------------------------------------- Market-1501 / DukeMTMC-reID
@@ -84,7 +80,7 @@ def test_duke_names(tmp_path):
 
 def test_market_bad_name_raises_or_is_skipped(tmp_path, caplog):
     root = _market(tmp_path / "m")
-    _img(root / "query" / "person_c1.jpg")
+    write_image(root / "query" / "person_c1.jpg")
     with pytest.raises(DatasetError, match="person_c1.jpg"):
         read_market1501(root)
     with caplog.at_level(logging.WARNING):
@@ -150,7 +146,7 @@ def test_cuhk03_deterministic_for_seed(tmp_path):
 
 def test_cuhk03_errors(tmp_path):
     root = _cuhk03(tmp_path / "cuhk03")
-    _img(root / "labeled" / "val" / "0000_12.jpg")
+    write_image(root / "labeled" / "val" / "0000_12.jpg")
     with pytest.raises(DatasetError, match="0000_12.jpg"):
         read_cuhk03(root)
     assert len(read_cuhk03(root, skip_bad=True).gallery) == 20
@@ -212,7 +208,7 @@ def test_cuhk01_errors(tmp_path):
     with pytest.raises(DatasetError, match="campus.*does not exist"):
         read_cuhk01(tmp_path)
     root = _cuhk01(tmp_path / "c", n_ids=2)
-    _img(root / "campus" / "0001005.png")
+    write_image(root / "campus" / "0001005.png")
     with pytest.raises(DatasetError, match="0001005.png"):
         read_cuhk01(root)
     (root / "campus" / "0001005.png").unlink()
@@ -239,7 +235,7 @@ def test_build_splits_dispatch(tmp_path):
 
 def test_build_splits_passes_skip_bad_images(tmp_path):
     root = _market(tmp_path / "market1501")
-    _img(root / "query" / "junk.jpg")
+    write_image(root / "query" / "junk.jpg")
     with pytest.raises(DatasetError, match="junk.jpg"):
         build_splits(DataConfig(dataset="market1501", root=str(root)))
     assert len(build_splits(DataConfig(dataset="market1501", root=str(root), skip_bad_images=True)).query) == 2

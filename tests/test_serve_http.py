@@ -4,12 +4,10 @@ One deployment serves the whole module: a random-init resnet18 checkpoint at 32Ã
 synthetic_tiny PNGs. Every wait polls a condition with a deadline.
 """
 import hashlib
-import io
 import json
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,47 +15,27 @@ import pytest
 import requests
 import torch
 import yaml
-from PIL import Image
 
-from reidloop.config import ModelConfig
 from reidloop.config.serve import DeploymentConfig, ServeConfig
 from reidloop.engine.features import extract_features
 from reidloop.engine.precision import resolve_precision
 from reidloop.metrics.distance import pairwise_distance
-from reidloop.models import build_model, load_checkpoint, save_checkpoint
+from reidloop.models import load_checkpoint
+
+from conftest import encode_image, wait_for, write_checkpoint
 
 H, W = 32, 16
 MAX_BODY = 256 * 1024  # > 200,000: the nested-JSON bodies below must reach the parser
 MAX_PIXELS = 500_000
 TIMEOUT = 20  # seconds per HTTP call
+# Deploying the module's Serve application takes ~35 s on a 2-core VM (~50 s with the Ray start-up).
+pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_checkpoint(path, seed: int, **extra) -> None:
-    torch.manual_seed(seed)
-    save_checkpoint(path, build_model(ModelConfig(backbone="resnet18"), num_classes=0), extra=extra)
-
-
-def wait_for(predicate, what: str, deadline_s: float = 30.0, every_s: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after the deadline."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        threading.Event().wait(every_s)
-    pytest.fail(f"timed out after {deadline_s} s waiting for {what}")
-
-
-def png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, "PNG")
-    return buf.getvalue()
 
 
 APP = "reidloop-test"
@@ -216,7 +194,7 @@ def test_search_returns_the_right_identity_in_distance_order(indexed):
 
 
 def _bad_inputs(real_png: bytes):
-    huge = png(np.zeros((1000, 1000, 3), np.uint8))  # 1e6 pixels > MAX_PIXELS, a few KB encoded
+    huge = encode_image(np.zeros((1000, 1000, 3), np.uint8))  # 1e6 pixels > MAX_PIXELS, a few KB encoded
     img = ("x.png", real_png, "image/png")
     return [
         ("not an image", "post", "/embed", dict(data=b"plain text, not pixels", headers={"content-type": "image/png"}),

@@ -10,37 +10,26 @@ import requests
 import torch
 from PIL import Image
 
-from reidloop.config import ConfigError, ModelConfig, load_config
+from reidloop.config import ConfigError, load_config
 from reidloop.config.serve import ServeConfig
 from reidloop.data.transforms import build_transforms
 from reidloop.engine.features import extract_features
 from reidloop.engine.precision import checked_precision, resolve_precision
 from reidloop.metrics.distance import pairwise_distance
-from reidloop.models import build_model, load_checkpoint, save_checkpoint
+from reidloop.models import load_checkpoint
 from reidloop.serving import (MAX_JSON_DEPTH, RELOAD_ERRORS, CheckpointError, CheckpointFollower, GalleryEntry,
                               GalleryIndex, InputTransform, ReidService, ServingError, decode_image, load_serving_model,
                               make_entry, parse_id_list, parse_json, parse_k, parse_meta, parse_multipart, parse_upload,
                               redact_paths, resolve_checkpoint)
 
+from conftest import encode_image, write_checkpoint
+
 H, W = 32, 16
 CPU = torch.device("cpu")
 
 
-def encode(rgb: np.ndarray, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, fmt)
-    return buf.getvalue()
-
-
 def random_png(seed: int, h: int = 40, w: int = 20) -> bytes:
-    return encode(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def write_checkpoint(path, seed: int, backbone: str = "resnet18", **extra):
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(backbone=backbone), num_classes=0)
-    save_checkpoint(path, model, extra=extra)
-    return model
+    return encode_image(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 @contextlib.contextmanager
@@ -64,8 +53,8 @@ def test_input_transform_equals_the_offline_transform_bit_for_bit():
     (b"", 400, "empty"),
     (b"%PDF-1.4 not an image", 400, "not an image in a supported format"),
     (random_png(1)[:60], 400, "truncated or corrupt"),
-    (encode(np.zeros((600, 600, 3), np.uint8)), 413, "360000 pixels exceed the limit of 100000"),
-    (encode(np.zeros((8, 8, 3), np.uint8), "GIF"), 400, "not an image in a supported format"),
+    (encode_image(np.zeros((600, 600, 3), np.uint8)), 413, "360000 pixels exceed the limit of 100000"),
+    (encode_image(np.zeros((8, 8, 3), np.uint8), "GIF"), 400, "not an image in a supported format"),
 ])
 def test_decode_rejects_bad_images_with_their_status(data, status, fragment):
     with errors_with(status, fragment):
@@ -73,7 +62,7 @@ def test_decode_rejects_bad_images_with_their_status(data, status, fragment):
 
 
 def test_decode_accepts_jpeg_and_grey_png_as_rgb():
-    assert decode_image(encode(np.full((10, 6, 3), 128, np.uint8), "JPEG"), max_pixels=100).mode == "RGB"
+    assert decode_image(encode_image(np.full((10, 6, 3), 128, np.uint8), "JPEG"), max_pixels=100).mode == "RGB"
     grey = io.BytesIO()
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(grey, "PNG")
     assert decode_image(grey.getvalue(), max_pixels=100).size == (4, 5)

@@ -5,26 +5,17 @@ import numpy as np
 import pytest
 
 from reidloop.config import DralConfig
-from reidloop.dral.env import QueryEpisodeEnv
 from reidloop.dral.metric import EuclideanMetric
 from reidloop.strategies import RoundContext, Transition, build_strategy
 from reidloop.strategies.base import masked_argmax
 
-NS = 4
+from conftest import pair_array, query_episode as episode
 
-
-def episode(features: np.ndarray, query: int, candidates, known=None) -> tuple[QueryEpisodeEnv, np.ndarray, dict]:
-    env = QueryEpisodeEnv(ns=NS, kmax=NS, kappa=2, thred=0.4, margin=0.2)
-    idx = np.concatenate([[query], candidates])
-    D = EuclideanMetric().pairwise(features[idx], features[idx])
-    obs, info = env.reset(options={"query": query, "candidates": np.array(candidates), "distances": D,
-                                   "known": known or {}})
-    return env, obs, info
+NS = 4  # query_episode's ns
 
 
 def ctx(features, pos=(), neg=()):
-    arr = lambda p: np.array(p, dtype=np.int64).reshape(-1, 2)  # noqa: E731
-    return RoundContext(1, features, EuclideanMetric(), arr(pos), arr(neg))
+    return RoundContext(1, features, EuclideanMetric(), pair_array(pos), pair_array(neg))
 
 
 # 1-D features: the query is item 0 at x=0; candidates at x = 1, 2, 3, 4

@@ -64,7 +64,7 @@ def test_tune_space_search_and_scheduler_follow_the_config(workdir):
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from trainers.sweep import scheduler, search_algorithm, tune_space
+    from services.sweep import scheduler, search_algorithm, tune_space
 
     sweep = load_sweep(write_sweep(workdir, "pieces", search={"algorithm": "random", "seed": 1},
                                    space={"dral.kappa": {"randint": [2, 3]}, "finetune.lr": {"loguniform": [1e-5, 1e-3]},
@@ -81,7 +81,7 @@ def test_tune_space_search_and_scheduler_follow_the_config(workdir):
 
 def test_sweep_of_four_trials_writes_table_plot_and_a_best_config_the_job_runs(ray_session, workdir, tmp_path):
     from trainers import run_job
-    from trainers.sweep import run_sweep
+    from services.sweep import run_sweep
 
     # no checkpoint in the base: the sweep pre-trains once and every trial starts from that CNN
     sweep = load_sweep(write_sweep(workdir, "four", max_concurrent_trials=4))
@@ -124,7 +124,7 @@ def terminated_trials(exp: Path) -> set[str]:
 
 
 def test_an_interrupted_sweep_resumes_to_completion_without_running_a_trial_twice(ray_session, workdir, tmp_path):
-    from trainers.sweep import make_tuner, run_sweep
+    from services.sweep import make_tuner, run_sweep
 
     # 1-round trials finish first while the 8-round ones are between rounds: the driver is SIGKILLed
     # once two trials are saved as finished and another has a round checkpoint
@@ -196,7 +196,7 @@ def test_a_sweep_killed_between_a_round_commit_and_its_report_resumes_exactly(ra
     driver is SIGKILLed. Tune's last checkpoint of every trial is round 1 while its loop folder holds round 2:
     the resumed trials must restore nothing older, run no round twice, buy no answer twice, and report
     round 2 once."""
-    from trainers.sweep import run_sweep
+    from services.sweep import run_sweep
 
     path = write_sweep(workdir, "frozen", max_concurrent_trials=2,
                        overrides={"checkpoint": str(workdir / "init.pt")},

@@ -13,7 +13,7 @@ from reidloop.config import ConfigError, DralConfig
 from reidloop.strategies import build_strategy
 from reidloop.strategies.random import RandomStrategy
 
-from test_active_loop import Crash, CrashingLoop, answered, tiny_job
+from conftest import Crash, answered, crashing_loop, tiny_job
 
 CFG = DralConfig(ns=6, kmax=3, kappa=3, batch_size=8, replay_size=512, epsilon_decay_steps=50)
 
@@ -86,6 +86,7 @@ def test_config_refuses_a_warm_start_without_labelled_identities(tmp_path):
         tiny_job(tmp_path, "some.pt", tmp_path / "cache", warmstart_dataset="cuhk03")
 
 
+@pytest.mark.slow  # a whole loop run: 4-12 s
 def test_a_run_from_a_checkpoint_warms_up_on_another_labelled_set(tmp_path, tiny_checkpoint):
     """With `checkpoint`, the agent warms up on the train split of `warmstart_dataset` (capped identities)."""
     source = tmp_path / "source"  # another synthetic set stands in for CUHK03 (same reader path)
@@ -111,6 +112,7 @@ def warm_run(tmp_path_factory):
     return root, result
 
 
+@pytest.mark.slow  # its warm_run (a whole loop with pre-training): 3-6 s
 def test_loop_warm_starts_the_agent_without_spending_answers(warm_run):
     root, result = warm_run
     out = root / "full"
@@ -123,11 +125,12 @@ def test_loop_warm_starts_the_agent_without_spending_answers(warm_run):
     assert json.loads((out / "summary.json").read_text())["answers"] == result.answers
 
 
+@pytest.mark.slow  # a crashed and a resumed loop run: 5-6 s
 def test_resume_reloads_the_warm_agent_and_asks_the_same(tmp_path, warm_run, caplog):
     root, full = warm_run
     job = tiny_job(tmp_path / "crash", "", root / "cache", **PRETRAIN)
     with pytest.raises(Crash):
-        CrashingLoop(job, after=5).run()  # inside round 1, after the warm-up
+        crashing_loop(job, after=5).run()  # inside round 1, after the warm-up
     assert (tmp_path / "crash" / "strategy_warm.pt").exists()
     with caplog.at_level("INFO", logger="reidloop.active.loop"):
         resumed = ActiveLearningLoop(job, progress=False).run()

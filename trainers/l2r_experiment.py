@@ -2,10 +2,11 @@
 
     python -m trainers.l2r_experiment --config tune_configs/l2r_cifar10_cpu.yaml [--set seeds=[0,1]] [--local]
 
-Each (strategy, seed) run is a Ray task with ``cpus_per_run`` CPUs / ``gpus_per_run`` GPUs (fractions
-allowed); Ray is local unless ``RAY_ADDRESS`` names a cluster. ``--local`` runs them one after the other
-in this process. As runs finish, ``output_dir`` gets: runs.json (every cycle of every run), runs.csv,
-tables.md (per-cycle test accuracy and test-loss Spearman, mean ± std over seeds) and accuracy.png.
+Each (strategy, seed) run is a Ray task (services/l2r_runs.py) with ``cpus_per_run`` CPUs /
+``gpus_per_run`` GPUs (fractions allowed); Ray is local unless ``RAY_ADDRESS`` names a cluster. ``--local``
+runs them one after the other in this process. As runs finish, ``output_dir`` gets: runs.json (every
+cycle of every run), runs.csv, tables.md (per-cycle test accuracy and test-loss Spearman, mean ± std over
+seeds) and accuracy.png.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from typing import Optional
 import torch
 
 from reidloop.config.l2r import L2RExperimentJob, SorterConfig
-from reidloop.config.loader import from_dict, save_config, to_dict
-from reidloop.l2r.classify import CifarData, aggregate, load_cifar, markdown_table, plot_results, run_strategy
-from reidloop.l2r.sorter import GRUSorter, freeze, load_sorter
+from reidloop.config.loader import save_config, to_dict
+from reidloop.l2r.cifar import load_cifar
+from reidloop.l2r.experiment import aggregate, markdown_table, plot_results
+from reidloop.l2r.sorter import GRUSorter, load_sorter
+from services.l2r_runs import run_on_ray, run_one
 
 from .cli import load, parser, run_or_exit
 from .train_sorter import pretrain
@@ -51,26 +54,6 @@ def get_sorter(job: L2RExperimentJob) -> tuple[Optional[GRUSorter], Optional[Sor
 def pretrain_metrics(path: str) -> dict:
     """The held-out metrics stored in a sorter checkpoint."""
     return torch.load(path, map_location="cpu", weights_only=True).get("metrics", {})
-
-
-def run_one(job_dict: dict, strategy: str, seed: int, data: CifarData, sorter_state: Optional[dict],
-            sorter_cfg: Optional[dict]) -> dict:
-    """One (strategy, seed) run; the body of a Ray task (plain arguments, plain result)."""
-    job = from_dict(L2RExperimentJob, job_dict)
-    torch.set_num_threads(max(1, int(job.cpus_per_run)))
-    sorter = None
-    if sorter_state is not None:
-        cfg = from_dict(SorterConfig, sorter_cfg)
-        sorter = GRUSorter(cfg.hidden, cfg.layers)
-        sorter.load_state_dict(sorter_state)
-        sorter = freeze(sorter)
-
-    def progress(row) -> None:
-        spear = "" if row.spearman is None else f"  spearman {row.spearman:.3f}"
-        print(f"[{strategy} seed {seed}] cycle {row.cycle}: {row.labelled} labelled  acc {row.accuracy:.2f}%"
-              f"{spear}  ({row.seconds:.0f}s)", flush=True)
-
-    return run_strategy(job, strategy, seed, data, sorter, progress).to_dict()
 
 
 def write_outputs(out: Path, runs: list[dict], sorter_metrics: dict, job: L2RExperimentJob, elapsed: float) -> str:
@@ -123,21 +106,7 @@ def run(job: L2RExperimentJob, local: bool = False) -> list[dict]:
         for s, seed in jobs:
             finished(run_one(job_dict, s, seed, data, state, sorter_cfg))
     else:
-        import ray
-
-        if not ray.is_initialized():
-            if os.environ.get("RAY_ADDRESS"):
-                ray.init(include_dashboard=False)  # the running cluster, with its own token
-            else:
-                from services.ray_auth import init_local
-
-                init_local(include_dashboard=False)  # a new local Ray with token authentication
-        task = ray.remote(run_one).options(num_cpus=job.cpus_per_run, num_gpus=job.gpus_per_run, max_retries=1)
-        data_ref = ray.put(data)
-        pending = [task.remote(job_dict, s, seed, data_ref, state, sorter_cfg) for s, seed in jobs]
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            finished(ray.get(ready[0]))
+        run_on_ray(job, jobs, data, state, sorter_cfg, finished)
     tables = write_outputs(out, runs, sorter_metrics, job, time.perf_counter() - start)
     print(tables)
     print(f"outputs in {out} ({time.perf_counter() - start:.0f}s)")

@@ -25,7 +25,7 @@ def run(job: LoopJob, progress: bool = True, local: bool = False):
     else:
         from services.ray_loop import RayActiveLearningLoop, connect
 
-        loop = RayActiveLearningLoop(job, progress=progress)  # refuses what the Ray loop cannot run, before Ray starts
+        loop = RayActiveLearningLoop(job, progress=progress)
         connect(job.ray)
     result = loop.run()
     rows = {f"round {r['round']} ({r['answers']} answers)": r for r in result.rounds}

@@ -8,7 +8,6 @@ training job's output folder works, its ``model.pt`` is reloaded whenever the jo
 """
 from __future__ import annotations
 
-import os
 import threading
 
 from reidloop.config.serve import ServeConfig
@@ -17,17 +16,12 @@ from .cli import load, parser, run_or_exit
 
 
 def serve_forever(cfg: ServeConfig) -> None:
-    import ray
     from ray import serve
 
-    from services.ray_auth import init_local
+    from services.ray_start import start_or_join
     from services.serve_app import deploy
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init()  # the running cluster, with its own token
-        else:
-            init_local()  # a new local Ray with token authentication (services/ray_auth.py)
+    start_or_join(include_dashboard=None)  # $RAY_ADDRESS's cluster, else a new local Ray (with its dashboard)
     url = deploy(cfg)
     print(f"serving {cfg.checkpoint} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
     try:

@@ -13,7 +13,7 @@ its head learns ``HEAD_LR_FACTOR`` (10) times faster than the pre-trained body, 
 fast-reid does for new heads.
 
 The pieces (:func:`finetune_data`, :func:`epoch_batches`, :func:`prepare_finetune`,
-:func:`finetune_step`) are shared with the Ray Train loop of ``trainers/ray_train.py``; every
+:func:`finetune_step`) are shared with the Ray Train loop of ``services/ray_train.py``; every
 epoch is seeded by (seed, epoch) only, so a run resumed from an epoch checkpoint, or sharded over
 DDP workers, trains on the same batches as :func:`finetune` in one process.
 """
@@ -33,6 +33,7 @@ from ..data.transforms import build_transforms
 from ..losses import cross_entropy_ls, pair_triplet
 from ..engine.precision import Precision, checked_precision
 from ..pair_knowledge import PairKnowledge
+from ..unionfind import UnionFind
 
 HEAD_LR_FACTOR = 10.0
 
@@ -76,19 +77,7 @@ class FinetuneData:
 
 def components(n: int, pos_pairs: np.ndarray) -> np.ndarray:
     """Union-find over "same" pairs: a component label per item, −1 for items in no pair."""
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in np.asarray(pos_pairs, dtype=np.int64).reshape(-1, 2):
-        ra, rb = find(int(a)), find(int(b))
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(n)])
+    roots = UnionFind(n, np.asarray(pos_pairs, dtype=np.int64).reshape(-1, 2).tolist()).roots()
     sizes = np.bincount(roots, minlength=n)
     labels = np.full(n, -1, dtype=np.int64)
     keep = sizes[roots] >= 2

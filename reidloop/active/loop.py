@@ -38,7 +38,6 @@ from ..config import LoopJob, save_config, to_dict
 from ..config.resume import check_resume
 from ..data.records import ImageRecord, ReidSplits
 from ..data.registry import build_splits, split_identities
-from ..dral.env import QueryEpisodeEnv
 from ..dral.metric import Metric, fit_metric
 from ..lease import Lease
 from ..engine.evaluate import evaluate_features, format_metrics
@@ -46,11 +45,12 @@ from ..engine.features import extract_features
 from ..engine.precision import resolve_device, resolve_precision
 from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
-from ..oracle import BudgetExhausted, SimulatedOracle
+from ..oracle import SimulatedOracle
 from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, build_strategy
-from .episodes import (AnswerFn, EpisodeStats, InferFn, known_answers, nearest_candidates_all,  # noqa: F401
-                       round_slices, run_episode, split_pairs)  # (re-exported)
+from .askers import ReplayingOracle, ResumeDiverged, RoundQuota  # noqa: F401 (re-exported)
+from .engine import Answers, EpisodeStats, LocalAgent, LocalSlots, run_round
+from .episodes import nearest_candidates_all, round_slices, split_pairs  # noqa: F401 (re-exported)
 from .checkpoints import commit_round, has_progress, load_round, prune, publish
 from .finetune import finetune, upperbound_pairs
 from .warmstart import WarmStartStats, warm_start
@@ -80,79 +80,6 @@ def settled_link_share(answered: tuple, pids: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------- resuming
-class ResumeDiverged(RuntimeError):
-    """A resumed run asked something else than the interrupted run had asked at that point."""
-
-
-class ReplayingOracle:
-    """Deterministic replay of an interrupted round.
-
-    The answers the log already holds for the round being redone are served back, free and in their
-    original order, while the strategy (restored to its state at the round's start) asks the same
-    questions again; after the last of them, questions go to the real oracle. Pairs still waiting to be
-    replayed are not "known" yet, exactly as in the interrupted run at that point.
-    """
-
-    def __init__(self, oracle: SimulatedOracle, pending: list[tuple[int, int, int]]) -> None:
-        self.oracle = oracle
-        self.pending = list(pending)
-        self._pending_keys = {(min(q, c), max(q, c)) for q, c, _ in pending}
-        self.replayed = 0
-
-    @property
-    def remaining(self) -> int:
-        """Questions this asker can still answer: the replays plus the real oracle's budget left."""
-        return len(self.pending) + (self.oracle.remaining or 0)
-
-    @property
-    def used(self) -> int:
-        return self.oracle.used
-
-    def known(self, q: int, c: int) -> int | None:
-        return None if (min(q, c), max(q, c)) in self._pending_keys else self.oracle.known(q, c)
-
-    def ask(self, q: int, c: int, *, round: int, step: int, strategy: str) -> int:
-        if not self.pending:
-            return self.oracle.ask(q, c, round=round, step=step, strategy=strategy)
-        pq_, pc, y = self.pending[0]
-        if {pq_, pc} != {q, c}:
-            raise ResumeDiverged(f"resumed run asked ({q}, {c}) where the log has ({pq_}, {pc}); "
-                                 "was the config or code changed between the runs?")
-        self.pending.pop(0)
-        self._pending_keys.discard((min(q, c), max(q, c)))
-        self.replayed += 1
-        return y
-
-
-class RoundQuota:
-    """An asker that answers at most ``quota`` questions, then refuses (``rounds: answers``).
-
-    Wraps the round's asker (the oracle, or a :class:`ReplayingOracle` while a round is replayed), so a
-    replayed round is cut at the same question as the interrupted one.
-    """
-
-    def __init__(self, asker, quota: int) -> None:
-        self.asker, self.quota, self.asked = asker, quota, 0
-
-    @property
-    def remaining(self) -> int:
-        return max(0, min(self.asker.remaining, self.quota - self.asked))
-
-    @property
-    def used(self) -> int:
-        return self.asker.used
-
-    def known(self, q: int, c: int) -> int | None:
-        return self.asker.known(q, c)
-
-    def ask(self, q: int, c: int, **kw) -> int:
-        if self.asked >= self.quota:
-            raise BudgetExhausted(f"the round's {self.quota} answers are spent")
-        y = self.asker.ask(q, c, **kw)
-        self.asked += 1
-        return y
-
-
 @dataclass
 class LoopResult:
     rounds: list[dict] = field(default_factory=list)
@@ -293,41 +220,40 @@ class ActiveLearningLoop:
         return warm_start(strategy, features, pids, job.dral, job.dral.warmstart_passes, job.finetune.every,
                           seed=job.seed)
 
+    def episode_slots(self, features: np.ndarray, metric: Metric):
+        """Where the round's episodes run (``engine.Slots``): here, one at a time (the Ray loop: env workers)."""
+        return LocalSlots(self.job.dral, features, metric, width=1)
+
+    def episode_agent(self, strategy: Strategy):
+        """The handle the engine steps the strategy through (the Ray loop's strategy is one already)."""
+        return LocalAgent(strategy)
+
     def ask_round(self, round_: int, queries: np.ndarray, features: np.ndarray, metric: Metric,
-                  strategy: Strategy, oracle, knowledge: PairKnowledge | None = None) -> int | None:
-        """Run the episodes of one round's queries in order (the Ray service overrides this with env workers).
+                  strategy: Strategy, oracle, knowledge: PairKnowledge | None = None) -> int:
+        """Run the episodes of one round's queries in order through the episode engine (``engine.run_round``).
 
         ``knowledge`` (None when ``infer_answers`` is off) holds every answer so far and learns each new one.
         Returns how many of ``queries`` were browsed: all of them, unless the asker's budget ran out (the
         query whose episode it cut counts as browsed).
         """
-        cands = nearest_candidates_all(features, metric, queries, self.job.dral.ns)
-        env = QueryEpisodeEnv.from_config(self.job.dral)
-        known_fn = knowledge.infer if knowledge is not None else oracle.known
-
-        def answer(q: int, c: int, r: int, step: int) -> int:
-            y = oracle.ask(q, c, round=r, step=step, strategy=strategy.name)
-            if knowledge is not None:
-                knowledge.add(q, c, y)
-            return y
-
+        job = self.job
+        cands = nearest_candidates_all(features, metric, queries, job.dral.ns)
         self.round_stats = stats = EpisodeStats()  # the paper's gamma, whatever the agent's: rows compare
-        it = range(len(queries))
-        if self.progress:
-            it = tqdm(it, desc=f"round {round_} queries", leave=False, disable=None)
-        for i in it:
-            if not oracle.remaining:  # the budget (or, with rounds: answers, the round's share) is spent
-                return i
-            strategy.begin_episode(answers_left=oracle.remaining if self.budget is None else self.budget - oracle.used,
-                                   queries_left=len(queries) - i + self.queries_after)
-            q = int(queries[i])
-            known = known_answers(known_fn, q, cands[i])
-            try:
-                run_episode(env, strategy, q, cands[i], features, metric, known, answer, round_,
-                            infer=None if knowledge is None else knowledge.infer, stats=stats)
-            except BudgetExhausted:
-                return i + 1
-        return len(queries)
+        bar = tqdm(total=len(queries), desc=f"round {round_} queries", leave=False, disable=None) \
+            if self.progress else None
+
+        def answers_left() -> int:
+            return oracle.remaining if self.budget is None else self.budget - oracle.used
+
+        try:
+            return run_round(self.episode_slots(features, metric), self.episode_agent(strategy),
+                             Answers(oracle, knowledge), queries, cands, round_, job.dral.kmax,
+                             reward_kind=job.dral.reward, stats=stats, answers_left=answers_left,
+                             queries_after=self.queries_after,
+                             progress=None if bar is None else lambda n: bar.update(n - bar.n))
+        finally:
+            if bar is not None:
+                bar.close()
 
     # ---- main
     def run(self) -> LoopResult:
@@ -370,6 +296,7 @@ class ActiveLearningLoop:
             log.info("round 0 (pre-trained): %s", format_metrics({job.strategy: metrics}).splitlines()[1])
         features = self.embed(model, pool, "pool")
         slices = round_slices(len(order), job.finetune.every)
+        table = None
         by_answers = job.rounds == "answers"
         for r, sl in enumerate(slices, start=1):
             if r <= done_round:
@@ -377,7 +304,8 @@ class ActiveLearningLoop:
             if by_answers and cursor >= len(order):
                 log.info("every query browsed after round %d with %d of %d answers spent", r - 1, oracle.used, budget)
                 break
-            table = answer_log.read()
+            if table is None:  # else the log as the last round left it, read once at its end
+                table = answer_log.read()
             rounds_col = table.column("round").to_numpy()
             before, pending = table.filter(pa.array(rounds_col < r)), table.filter(pa.array(rounds_col >= r))
             q_all, c_all, y_all = answered_pairs(before)
@@ -394,18 +322,14 @@ class ActiveLearningLoop:
                 asker, queries = RoundQuota(asker, quota), order[cursor:]
             knowledge = PairKnowledge(n, zip(q_all.tolist(), c_all.tolist(), y_all.tolist())) \
                 if job.infer_answers else None
-            self.round_stats = None  # set by an in-process ask_round
+            self.round_stats = None  # set by ask_round
             browsed = len(queries)
             self.queries_after = len(order) - (cursor if by_answers else sl.start) - len(queries)  # later rounds'
             if not strategy.asks_questions:  # the learners' UpperBound browses as one spending Kmax per query
                 share = round(r * budget / len(slices)) - round((r - 1) * budget / len(slices))
                 browsed = min(len(queries), -(-share // job.dral.kmax)) if by_answers else len(queries)
             elif asker.remaining:
-                try:
-                    browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge)
-                except BudgetExhausted:  # an ask_round that does not count what it browsed (the Ray loop's)
-                    browsed = None
-                browsed = len(queries) if browsed is None else browsed
+                browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge)
             else:
                 browsed = 0
             if not oracle.remaining:
@@ -417,7 +341,8 @@ class ActiveLearningLoop:
                                          "replayed; was the config or code changed between the runs?")
                 result.replayed_answers += replaying.replayed
             answer_log.flush()
-            answered_now = answered_pairs(answer_log.read())  # the log, read once for what follows
+            table = answer_log.read()  # the log, read once for what follows and for the next round
+            answered_now = answered_pairs(table)
             ft_seconds = 0.0
             if strategy.finetune != "none":
                 mode, pairs, truth = self.training_pairs(strategy, answered_now, features, pids, order[:cursor])

@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..config.schema import DralConfig
-from ..dral.env import QueryEpisodeEnv
 from ..dral.metric import fit_metric
+from ..oracle import ask_each
 from ..pair_knowledge import PairKnowledge
 from ..strategies import RoundContext, Strategy, Transition
-from .episodes import known_answers, nearest_candidates_all, round_slices, run_episode, split_pairs
+from .engine import Answers, LocalAgent, LocalSlots, run_round
+from .episodes import nearest_candidates_all, round_slices, split_pairs
 
 
 @dataclass
@@ -57,6 +58,29 @@ class _Tally(Strategy):
         self.inner.observe(t)
 
 
+class _Labels:
+    """Answers from the labels: free, unlimited, never logged; remembers what it was asked (for the metric)."""
+
+    remaining = None
+
+    def __init__(self, pids: np.ndarray) -> None:
+        self.pids, self.asked = pids, []
+
+    def known(self, q: int, c: int) -> None:
+        return None
+
+    def known_batch(self, requests):
+        return [[None] * len(cands) for _, cands in requests]
+
+    def ask(self, q: int, c: int, **_) -> int:
+        y = 1 if self.pids[q] == self.pids[c] else -1
+        self.asked.append((q, c, y))
+        return y
+
+    def ask_batch(self, questions, strategy: str):
+        return ask_each(self, questions, strategy)
+
+
 def warm_start(strategy: Strategy, features: np.ndarray, pids: np.ndarray, cfg: DralConfig, passes: int,
                every: float, seed: int = 0) -> WarmStartStats:
     """Run ``passes`` passes of labelled query episodes through ``strategy`` (it acts and learns as usual).
@@ -75,30 +99,22 @@ def warm_start(strategy: Strategy, features: np.ndarray, pids: np.ndarray, cfg: 
         raise ValueError(f"dral.warmstart_passes: the labelled set has {len(features)} images, "
                          f"it needs more than dral.ns={cfg.ns} to give each query its candidates")
     n = len(features)
-    tally = _Tally(strategy)
-    env = QueryEpisodeEnv.from_config(cfg)
+    tally = LocalAgent(_Tally(strategy))
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     for _ in range(passes):
         order = rng.permutation(n)
-        knowledge = PairKnowledge(n)
-        asked: list[tuple[int, int, int]] = []
-
-        def answer(q: int, c: int, round_: int, step: int) -> int:
-            y = 1 if pids[q] == pids[c] else -1
-            knowledge.add(q, c, y)
-            asked.append((q, c, y))
-            return y
-
+        labels = _Labels(pids)
+        answers = Answers(labels, PairKnowledge(n))  # settled pairs: known, revealed for free, never asked
         for r, sl in enumerate(round_slices(n, every), start=1):
-            pos, neg = split_pairs(*np.array(asked, dtype=np.int64).reshape(-1, 3).T)
+            pos, neg = split_pairs(*np.array(labels.asked, dtype=np.int64).reshape(-1, 3).T)
             metric = fit_metric(cfg.metric, features, pos, neg)
             strategy.begin_round(RoundContext(r, features, metric, pos, neg))
             queries = order[sl]
             cands = nearest_candidates_all(features, metric, queries, cfg.ns)
-            for q, cs in zip(queries.tolist(), cands):
-                run_episode(env, tally, q, cs, features, metric, known_answers(knowledge.infer, q, cs), answer, r,
-                            infer=knowledge.infer)
-    return WarmStartStats(passes=passes, episodes=passes * n, questions=tally.questions, same=int(tally.same),
-                          mean_reward=tally.reward / max(tally.questions, 1),
+            run_round(LocalSlots(cfg, features, metric), tally, answers, queries, cands, r, cfg.kmax,
+                      reward_kind=cfg.reward)
+    told = tally.strategy
+    return WarmStartStats(passes=passes, episodes=passes * n, questions=told.questions, same=int(told.same),
+                          mean_reward=told.reward / max(told.questions, 1),
                           seconds=round(time.perf_counter() - start, 2))

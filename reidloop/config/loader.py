@@ -8,11 +8,13 @@ unknown keys and wrong types with a message such as::
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Iterator, TypeVar
 
 import yaml
 
@@ -30,7 +32,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (a field's annotation); ConfigError naming ``where`` if it is not one."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -43,7 +46,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {args}")
@@ -66,7 +69,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
@@ -109,12 +112,29 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        kwargs[name] = coerce(value, hints[name], key)
     try:
         return cls(**kwargs)
     except ConfigError as exc:
         msg = str(exc)
         raise ConfigError(f"{where}.{msg}" if where and not msg.startswith(where) else msg) from None
+
+
+def field_type(cls: type, dotted: str, where: str | None = None) -> Any:
+    """The type of the field ``dotted`` (e.g. ``dral.kmax``) of dataclass ``cls``; ConfigError naming
+    ``where`` (default: ``dotted``) when there is no such field."""
+    where = where or dotted
+    tp: Any = cls
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            raise ConfigError(f"{where}: unknown parameter ({'.'.join(parts[:i])} is not a section)")
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        if part not in names:
+            known_in = ".".join(parts[:i]) or _type_name(cls)
+            raise ConfigError(f"{where}: unknown parameter (known in {known_in}: {', '.join(sorted(names))})")
+        tp = typing.get_type_hints(tp)[part]
+    return tp
 
 
 def to_dict(obj: Any) -> Any:
@@ -128,14 +148,15 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def _set_dotted(tree: dict, dotted: str, raw: str) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """``tree[a][b][c] = value`` for ``dotted`` = ``a.b.c``, creating the sections on the way."""
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {k} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+    node[keys[-1]] = value
 
 
 def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
@@ -144,8 +165,45 @@ def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")
         dotted, raw = item.split("=", 1)
-        _set_dotted(tree, dotted.strip(), raw.strip())
+        raw = raw.strip()
+        set_dotted(tree, dotted.strip(), yaml.safe_load(raw) if raw != "" else None)
     return tree
+
+
+def merge_tree(tree: dict, over: dict) -> dict:
+    """A copy of ``tree`` with the mapping ``over`` merged in, section by section; a dotted key is its
+    section path (``{"dral.ns": 6}`` is ``{"dral": {"ns": 6}}``)."""
+    out = copy.deepcopy(tree)
+    for k, v in over.items():
+        if "." in k:
+            head, rest = k.split(".", 1)
+            k, v = head, {rest: v}
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_tree(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+@contextlib.contextmanager
+def config_errors(label: str) -> Iterator[None]:
+    """Re-raise a ConfigError of the block prefixed with ``label`` (the file it came from)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
+def build_config(cls: type[T], tree: dict, overrides: list[str] | dict | None = None,
+                 label: str = "<defaults>") -> T:
+    """``cls`` from a dict tree plus overrides: ``section.key=value`` strings (command line) or a mapping
+    merged in (a config's own ``overrides:`` section). Any problem is a ConfigError prefixed with ``label``."""
+    with config_errors(label):
+        if isinstance(overrides, dict):
+            tree = merge_tree(tree, overrides)
+        else:
+            apply_overrides(tree, overrides)
+        return from_dict(cls, tree)
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
@@ -167,16 +225,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
     Any problem is raised as ConfigError prefixed with the file name.
     """
-    tree: dict = {}
-    label = "<defaults>"
-    if path is not None:
-        label = str(Path(path))
-        tree = read_yaml_mapping(path)
-    try:
-        apply_overrides(tree, overrides)
-        return from_dict(cls, tree)
-    except ConfigError as exc:
-        raise ConfigError(f"{label}: {exc}") from None
+    if path is None:
+        return build_config(cls, {}, overrides)
+    return build_config(cls, read_yaml_mapping(path), overrides, str(Path(path)))
 
 
 def save_config(obj: Any, path: str | Path) -> None:

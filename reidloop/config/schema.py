@@ -261,7 +261,7 @@ class FinetuneConfig:
 
 @dataclass
 class RayConfig:
-    """How the loop uses a Ray cluster (trainers/ and services/; the core never imports ray)."""
+    """How the loop uses a Ray cluster (services/; the core never imports ray)."""
 
     address: Optional[str] = None  # None: $RAY_ADDRESS / the cluster a `ray job submit` runs on, else a local Ray
     env_workers: int = 2  # environment-worker actors stepping query episodes in parallel

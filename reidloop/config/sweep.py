@@ -15,7 +15,7 @@ of paper §4.1 — ``dral.kmax`` (Kmax), ``dral.ns`` (ns), ``dral.kappa`` (κ of
 :func:`load_sweep` rejects, before anything is launched, unknown keys and parameters, malformed
 distributions, and every value or corner of the space that gives an invalid job (Kmax > ns, κ > ns,
 thred outside [0, 1], m < 0, ...): each grid/choice value and both bounds of each range are combined
-and run through LoopJob's own checks. Ray is not imported here (trainers/sweep.py builds the Tuner).
+and run through LoopJob's own checks. Ray is not imported here (services/sweep.py builds the Tuner).
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .loader import ConfigError, _coerce, apply_overrides, from_dict, read_yaml_mapping, to_dict
+from .loader import (ConfigError, apply_overrides, build_config, coerce, config_errors, field_type, from_dict,
+                     read_yaml_mapping, set_dotted, to_dict)
 from .schema import LoopJob, _check
 
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -178,20 +179,11 @@ class SweepConfig:
 
 # ---------------------------------------------------------------------- space parsing
 def _field_type(dotted: str) -> Any:
-    """Type of LoopJob field ``dotted`` (e.g. ``dral.kmax``); ConfigError if there is no such field."""
-    cls: Any = LoopJob
-    parts = dotted.split(".")
-    for i, part in enumerate(parts):
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise ConfigError(f"space.{dotted}: unknown parameter ({'.'.join(parts[:i])} is not a section)")
-        names = {f.name for f in dataclasses.fields(cls) if f.init}
-        if part not in names:
-            where = ".".join(parts[:i]) or "LoopJob"
-            raise ConfigError(f"space.{dotted}: unknown parameter (known in {where}: {', '.join(sorted(names))})")
-        cls = typing.get_type_hints(cls)[part]
-    if dataclasses.is_dataclass(cls):
+    """Type of the swept LoopJob field ``dotted`` (e.g. ``dral.kmax``); ConfigError if it is no field's."""
+    tp = field_type(LoopJob, dotted, f"space.{dotted}")
+    if dataclasses.is_dataclass(tp):
         raise ConfigError(f"space.{dotted}: is a whole section; sweep its fields, e.g. {dotted}.<field>")
-    return cls
+    return tp
 
 
 def _is_numeric(tp: Any, want: type) -> bool:
@@ -219,27 +211,19 @@ def parse_distribution(dotted: str, spec: Any) -> Distribution:
         if not _is_numeric(tp, want):
             raise ConfigError(f"{where}.{kind}: the field is {getattr(tp, '__name__', tp)}, "
                               f"{kind} draws {want.__name__}s" + ("; use randint or grid" if want is float else ""))
-        lo, hi = (_coerce(v, want, f"{where}.{kind}") for v in values)
+        lo, hi = (coerce(v, want, f"{where}.{kind}") for v in values)
         if not lo < hi:
             raise ConfigError(f"{where}.{kind}: low {lo!r} must be < high {hi!r}")
         if kind == "loguniform" and lo <= 0:
             raise ConfigError(f"{where}.{kind}: low {lo!r} must be > 0")
         return Distribution(kind, [lo, hi])
-    coerced = [_absolute(dotted, _coerce(v, tp, f"{where}.{kind}[{i}]")) for i, v in enumerate(values)]
+    coerced = [_absolute(dotted, coerce(v, tp, f"{where}.{kind}[{i}]")) for i, v in enumerate(values)]
     if len({repr(v) for v in coerced}) != len(coerced):
         raise ConfigError(f"{where}.{kind}: repeated values in {values!r}")
     return Distribution(kind, coerced)
 
 
 # ---------------------------------------------------------------------- jobs from points of the space
-def _set(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-
-
 def _plain(value: Any) -> Any:
     """numpy scalars (as Ray Tune samples them) → Python values."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict, str)) else value
@@ -249,7 +233,7 @@ def job_for(base: dict, params: dict, output_dir: str | None = None) -> LoopJob:
     """The LoopJob of one trial: ``base`` (a to_dict tree) with ``params`` (dotted → value) applied."""
     tree = copy.deepcopy(base)
     for k, v in params.items():
-        _set(tree, k, _plain(v))
+        set_dotted(tree, k, _plain(v))
     if output_dir is not None:
         tree["output_dir"] = str(output_dir)
     return from_dict(LoopJob, tree)
@@ -286,7 +270,7 @@ def _validate_space(dists: dict[str, Distribution], base: dict) -> int:
                 if section:
                     tree = copy.deepcopy(base[section])
                     for k, v in params.items():
-                        _set(tree, k.split(".", 1)[1], v)
+                        set_dotted(tree, k.split(".", 1)[1], v)
                     built = from_dict(hints[section], tree, section)
                     if section == "finetune":
                         everies.append(built.every)
@@ -315,38 +299,19 @@ def _check_search(cfg: SweepConfig, dists: dict[str, Distribution], rounds: int)
 def base_tree(cfg: SweepConfig, folder: Path | None) -> dict:
     """The base LoopJob (``base`` file plus ``overrides``, validated together) as a to_dict tree."""
     tree: dict = {}
-    where = "overrides"
+    label = "overrides"
     if cfg.base is not None:
         path = Path(cfg.base).expanduser()
         if not path.is_absolute() and folder is not None:
             path = folder / path
-        where = f"base {path} with overrides"
-        try:
+        label = f"base {path} with overrides"
+        with config_errors("base"):
             tree = read_yaml_mapping(path)
-        except ConfigError as exc:
-            raise ConfigError(f"base: {exc}") from None
-    try:
-        job = from_dict(LoopJob, _merge(tree, cfg.overrides))
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    out = to_dict(job)
+    out = to_dict(build_config(LoopJob, tree, cfg.overrides, label))
     for dotted in PATH_FIELDS:
         section, _, key = dotted.rpartition(".")
         node = out[section] if section else out
         node[key] = _absolute(dotted, node[key])
-    return out
-
-
-def _merge(tree: dict, over: dict) -> dict:
-    out = copy.deepcopy(tree)
-    for k, v in over.items():
-        if "." in k:  # dotted keys: {"dral.ns": 6} is {"dral": {"ns": 6}}
-            head, rest = k.split(".", 1)
-            k, v = head, {rest: v}
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
     return out
 
 
@@ -392,13 +357,10 @@ def load_sweep(path: str | Path | None, overrides: list[str] | None = None) -> S
         p = Path(path)
         label, folder = str(p), p.resolve().parent
         tree = read_yaml_mapping(p, "sweep file")
-    try:
-        apply_overrides(tree, _space_overrides(tree, overrides or []))
-        cfg = from_dict(SweepConfig, tree)
+    with config_errors(label):
+        cfg = from_dict(SweepConfig, apply_overrides(tree, _space_overrides(tree, overrides or [])))
         base = base_tree(cfg, folder)
         dists = cfg.distributions()
         rounds = _validate_space(dists, base)
         _check_search(cfg, dists, rounds)
-    except ConfigError as exc:
-        raise ConfigError(f"{label}: {exc}") from None
     return Sweep(cfg, base, dists, rounds, label)

@@ -88,7 +88,7 @@ class QueryEpisodeEnv(gymnasium.Env):
         if reward not in ("eq9", "links"):
             raise ValueError(f"reward must be 'eq9' or 'links', got {reward!r}")
         self.ns, self.kmax, self.kappa, self.thred, self.margin = ns, kmax, kappa, thred, margin
-        self.reward_kind = reward  # what the agent learns from; ``step`` always returns Eq. 9 (see run_episode)
+        self.reward_kind = reward  # what the agent learns from; ``step`` always returns Eq. 9 (see active.engine.run_round)
         self.answer_fn = answer_fn
         self.observation_space = spaces.Box(-1.0, 1.0, shape=((ns + 1) ** 2 + ns,), dtype=np.float32)
         self.action_space = spaces.Discrete(ns)

@@ -1,6 +1,6 @@
 """Supervised Re-ID training in one process: P×K batches, cross-entropy + batch-hard triplet (Eq. 1–3).
 
-The Ray Train loop in ``trainers/`` calls :func:`train_epoch` per worker; this
+The Ray Train loop in ``services/ray_train.py`` calls :func:`train_epoch` per worker; this
 module knows nothing of distribution beyond accepting any (DDP-)wrapped module.
 """
 from __future__ import annotations
