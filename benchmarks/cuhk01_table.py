@@ -183,8 +183,24 @@ def check_same_source(source: Path, results_dir: Path) -> None:
     if (sha is not None and sha != here["sha256"]) or (sha is None and here["cuhk03_val_mAP"] != val):
         sys.exit(f"error: {source} (sha256 {here['sha256']}, CUHK03 val mAP {100 * (here['cuhk03_val_mAP'] or 0):.2f}) "
                  f"is not the source model of the rows in {results_dir} (CUHK03 val mAP {100 * val:.2f}"
-                 f"{', sha256 ' + sha if sha else ''}): its rows would not be comparable with them. Give --results "
-                 "NEW_FOLDER to start a table from this model, or put that source model back in place")
+                 f"{', sha256 ' + sha if sha else ''}, trained on {table.get('machine', 'an unrecorded machine')}): its rows "
+                 "would not be comparable with them. Give --results NEW_FOLDER to start a table from this model, or "
+                 "put that source model back in place")
+
+
+def check_can_retrain(results_dir: Path, runs: Path) -> None:
+    """Before training a missing source model: exit unless this CPU kind is the one that trained the table's.
+    Pre-training is seeded, so the same CPU kind retrains it bit for bit (checked by :func:`check_same_source`
+    after training); another CPU kind's fp32 kernels give another model, and 20-40 minutes would be spent for
+    nothing."""
+    recorded = results_dir / "source_cuhk03.json"
+    if (runs / "cuhk03_source" / "model.pt").exists() or not recorded.exists():
+        return
+    trained_on = json.loads(recorded.read_text()).get("machine")
+    if trained_on is not None and trained_on != machine():
+        sys.exit(f"error: the rows in {results_dir} adapted a source model trained on {trained_on}; this machine "
+                 f"({machine()}) would retrain a different one. Run this table on that kind of CPU, or give "
+                 "--results NEW_FOLDER to start a table from this machine's model")
 
 
 def source_identity(source: Path) -> dict:
@@ -384,6 +400,7 @@ def main() -> None:
     if not args.table_only:
         if not args.cuhk01:
             p.error("--cuhk01 FOLDER is needed to run rows (or pass --table-only)")
+        check_can_retrain(results_dir, Path(args.runs))
         source = source_model(args.cuhk03, Path(args.runs))
         check_same_source(source, results_dir)
         record_source(source, results_dir)

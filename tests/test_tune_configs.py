@@ -89,3 +89,24 @@ def test_every_cuhk01_table_row_is_a_valid_job_and_each_paper_addition_is_switch
         assert job.infer_answers == (field == "infer_answers")
         assert job.rounds == paper.rounds == "queries" and job.dral == paper.dral
     assert jobs["dral_links_stop"].dral.stop and jobs["dral_links_stop"].dral.reward == "links"
+
+
+def test_a_table_from_another_cpu_kind_is_refused_before_its_source_model_is_retrained(tmp_path):
+    """Pre-training is seeded: the same CPU kind retrains a table's source model bit for bit, another does not."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT.parent / "benchmarks"))
+    from cuhk01_table import check_can_retrain, machine
+
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    results.mkdir()
+    check_can_retrain(results, runs)  # a new table: nothing recorded yet
+    (results / "source_cuhk03.json").write_text(json.dumps({"machine": machine()}))
+    check_can_retrain(results, runs)  # this kind of CPU trained it: retrain here
+    (results / "source_cuhk03.json").write_text(json.dumps({"machine": "Some Other CPU, 2 cores, avx2"}))
+    with pytest.raises(SystemExit, match=r"trained on Some Other CPU, 2 cores, avx2.*--results NEW_FOLDER"):
+        check_can_retrain(results, runs)
+    (runs / "cuhk03_source").mkdir(parents=True)
+    (runs / "cuhk03_source" / "model.pt").write_bytes(b"cached")
+    check_can_retrain(results, runs)  # a cached model is checked by its sha256 instead (check_same_source)
