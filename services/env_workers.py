@@ -1,10 +1,12 @@
 """Environment workers: the episode engine's slots (``reidloop.active.engine``) as Ray actors.
 
-Each :class:`EnvWorker` hosts one ``EpisodeSlot`` (a DRAL query episode: state of Eq. 4–5, transition of
-Eq. 6–8, reward of Eq. 9) on the round's pool features and metric (one object-store copy per round,
-shared with the agent). :class:`RemoteSlots` is the engine's ``Slots`` handle over W of them: each
-lock-step's resets, answers and reveals go to the workers in parallel, so the arithmetic of W episodes runs
-at once and the fixed cost of a step (actor round trips, one durable log write) is shared. The engine itself
+Each :class:`EnvWorker` hosts episode slots (``EpisodeSlot``: a DRAL query episode, state of Eq. 4–5,
+transition of Eq. 6–8, reward of Eq. 9) on the round's pool features and metric (one object-store copy per
+round, shared with the agent). :class:`RemoteSlots` is the engine's ``Slots`` handle: ``episodes_in_flight``
+slots spread over the W workers; each lock-step's resets, answers and reveals go to the workers in
+parallel, so the episodes' arithmetic runs at once and the fixed cost of a step (actor round trips, one
+durable log write) is shared. How many episodes are in flight decides the questions; how many workers
+run them does not. The engine itself
 (``run_round``) runs in the driver, as for the in-process loop: the same questions, in the same order, for
 the same seed and config.
 
@@ -34,24 +36,34 @@ class LostActorState(RuntimeError):
 
 @ray.remote(num_cpus=0)
 class EnvWorker:
-    """One episode slot of the engine; every reply is (incarnation, value)."""
+    """Episode slots of the engine (those ``RemoteSlots`` maps to this worker); every reply is (incarnation, value)."""
 
     def __init__(self, dral: DralConfig) -> None:
-        self.slot = EpisodeSlot(dral)
+        self.dral = dral
+        self.slots: dict[int, EpisodeSlot] = {}
+        self.features_metric: tuple = (None, None)
         self.incarnation = uuid.uuid4().hex
 
     def set_round(self, features_metric: tuple) -> str:
-        self.slot.set_round(*features_metric)
+        self.features_metric = features_metric
+        for slot in self.slots.values():
+            slot.set_round(*features_metric)
         return self.incarnation
 
-    def reset(self, query: int, candidates, known: dict[int, int]) -> tuple:
-        return self.incarnation, self.slot.reset(query, candidates, known)
+    def _slot(self, i: int) -> EpisodeSlot:
+        if i not in self.slots:
+            self.slots[i] = EpisodeSlot(self.dral)
+            self.slots[i].set_round(*self.features_metric)
+        return self.slots[i]
 
-    def apply(self, action: int, answer: int) -> tuple:
-        return self.incarnation, self.slot.apply(action, answer)
+    def reset(self, slot: int, query: int, candidates, known: dict[int, int]) -> tuple:
+        return self.incarnation, self._slot(slot).reset(query, candidates, known)
 
-    def reveal(self, known: dict[int, int]) -> tuple:
-        return self.incarnation, self.slot.reveal(known)
+    def apply(self, slot: int, action: int, answer: int) -> tuple:
+        return self.incarnation, self._slot(slot).apply(action, answer)
+
+    def reveal(self, slot: int, known: dict[int, int]) -> tuple:
+        return self.incarnation, self._slot(slot).reveal(known)
 
     def pid(self) -> int:
         return os.getpid()
@@ -71,19 +83,23 @@ def call_when_up(method, *args, timeout_s: float = 120.0, call_timeout_s: float 
 
 
 class RemoteSlots:
-    """The engine's ``Slots`` over env workers: slot i is worker i. Giving them the round's (features, metric)
-    ref (one object-store copy, shared with the agent) fixes the incarnations that every reply must match."""
+    """The engine's ``Slots`` over env workers: ``width`` slots, slot i on worker i mod W. Giving the workers the
+    round's (features, metric) ref (one object-store copy, shared with the agent) fixes the incarnations that
+    every reply must match."""
 
-    def __init__(self, workers: list, features_metric_ref, timeout_s: float = 600.0) -> None:
-        self.workers, self.timeout_s, self.width = workers, timeout_s, len(workers)
+    def __init__(self, workers: list, features_metric_ref, width: int, timeout_s: float = 600.0) -> None:
+        if not workers:
+            raise ValueError("RemoteSlots: no env workers (ray.env_workers must be >= 1)")
+        self.workers, self.width, self.timeout_s = workers, width, timeout_s
         self.incarnations = [call_when_up(w.set_round, features_metric_ref, call_timeout_s=timeout_s)
                              for w in workers]
 
     def _call(self, method: str, items: list) -> list:
-        refs = [getattr(self.workers[i], method).remote(*args) for i, *args in items]
+        n = len(self.workers)
+        refs = [getattr(self.workers[i % n], method).remote(i, *args) for i, *args in items]
         out = []
         for (i, *_), (incarnation, value) in zip(items, wait(refs, self.timeout_s, f"an env worker.{method}")):
-            if incarnation != self.incarnations[i]:
+            if incarnation != self.incarnations[i % n]:
                 raise LostActorState("an environment worker was restarted and lost its episode")
             out.append(value)
         return out

@@ -155,7 +155,8 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         ref = self.agent.context_for(features, metric) if self.agent is not None else None
         if ref is None:  # not what the agent's round began with: the workers get their own copy
             ref = ray.put((features, metric))
-        return RemoteSlots(self.workers, ref, self.job.ray.call_timeout_s)
+        job = self.job
+        return RemoteSlots(self.workers, ref, job.episodes_in_flight or job.ray.env_workers, job.ray.call_timeout_s)
 
     def episode_agent(self, strategy: RemoteStrategy) -> RemoteStrategy:
         return strategy  # the agent actor's proxy is the engine's agent handle

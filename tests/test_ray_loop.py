@@ -221,6 +221,17 @@ def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, 
         assert {k: a[k] for k in TRACE} == {k: b[k] for k in TRACE}  # the same episodes, traced alike
 
 
+def test_episodes_in_flight_decide_the_questions_not_the_workers(ray_session, work, tiny_checkpoint, reference):
+    """Two episodes in flight ask the same questions in one process, on one env worker and on two (the reference)."""
+    from services.ray_loop import RayActiveLearningLoop
+
+    ActiveLearningLoop(ray_job(work, tiny_checkpoint, "w2-local", episodes_in_flight=2), progress=False).run()
+    RayActiveLearningLoop(ray_job(work, tiny_checkpoint, "w2-on-1", episodes_in_flight=2,
+                                  **{"ray.env_workers": 1}), progress=False).run()
+    assert reference[0].ray.env_workers == 2 and reference[0].episodes_in_flight is None
+    assert log_rows(work / "w2-local") == log_rows(work / "w2-on-1") == reference[2]
+
+
 def test_killed_agent_and_env_worker_are_recovered_by_replaying_the_round(ray_session, work, tiny_checkpoint,
                                                                           reference):
     import ray

@@ -110,3 +110,10 @@ def test_a_table_from_another_cpu_kind_is_refused_before_its_source_model_is_ret
     (runs / "cuhk03_source").mkdir(parents=True)
     (runs / "cuhk03_source" / "model.pt").write_bytes(b"cached")
     check_can_retrain(results, runs)  # a cached model is checked by its sha256 instead (check_same_source)
+
+
+def test_episodes_in_flight_must_be_positive_or_left_to_the_loop():
+    assert load_config(LoopJob, None, []).episodes_in_flight is None
+    assert load_config(LoopJob, None, ["episodes_in_flight=4"]).episodes_in_flight == 4
+    with pytest.raises(ConfigError, match=r"episodes_in_flight: 0 must be >= 1"):
+        load_config(LoopJob, None, ["episodes_in_flight=0"])

@@ -221,8 +221,9 @@ class ActiveLearningLoop:
                           seed=job.seed)
 
     def episode_slots(self, features: np.ndarray, metric: Metric):
-        """Where the round's episodes run (``engine.Slots``): here, one at a time (the Ray loop: env workers)."""
-        return LocalSlots(self.job.dral, features, metric, width=1)
+        """Where the round's episodes run (``engine.Slots``): here, ``episodes_in_flight`` at once (default 1)
+        (the Ray loop: on env workers)."""
+        return LocalSlots(self.job.dral, features, metric, width=self.job.episodes_in_flight or 1)
 
     def episode_agent(self, strategy: Strategy):
         """The handle the engine steps the strategy through (the Ray loop's strategy is one already)."""

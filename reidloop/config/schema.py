@@ -311,6 +311,10 @@ class LoopJob:
     # `finetune.every` of `oracle.budget` answers, whatever the strategy, so every strategy's curve has
     # points at the same answer counts (the query order is browsed until the budget is spent).
     rounds: Literal["queries", "answers"] = "queries"
+    # Query episodes the episode engine steps at once, in lock-step (reidloop/active/engine.py): each
+    # lock-step's questions are answered as one batch. The questions asked depend on this and the seed
+    # only, never on where the episodes run. None: 1 in one process (--local), ray.env_workers on Ray.
+    episodes_in_flight: Optional[int] = None
     # With `checkpoint` there are no labelled pre-training identities of the pool's set; the agent's
     # warm-up (dral.warmstart_passes) can browse another labelled set instead: the train split of
     # `warmstart_dataset` at `warmstart_root` (e.g. the CUHK03 the checkpoint was trained on), at most
@@ -327,6 +331,8 @@ class LoopJob:
                self.pretrain_fraction, "must be in (0, 1) when no checkpoint is given")
         _check(self.max_queries is None or self.max_queries >= 1, "max_queries", self.max_queries, "must be >= 1")
         _check(self.rounds in ("queries", "answers"), "rounds", self.rounds, "must be 'queries' or 'answers'")
+        _check(self.episodes_in_flight is None or self.episodes_in_flight >= 1, "episodes_in_flight",
+               self.episodes_in_flight, "must be >= 1 (or null: 1 in one process, ray.env_workers on Ray)")
         _check(self.rounds == "queries" or (self.oracle.budget or 0) > 0, "oracle.budget", self.oracle.budget,
                "must be set (> 0) with rounds: answers (the rounds are cut at fractions of it)")
         _check(self.warmstart_dataset is None or self.warmstart_dataset in DATASETS, "warmstart_dataset",
