@@ -9,7 +9,7 @@ ARGS   ?=
 CUHK01 ?= ../shared/data/cuhk01
 CUHK03 ?= ../shared/data/cuhk03
 
-.PHONY: venv run test test-fast bench bench-cuhk01 clean-runs
+.PHONY: venv run serve sweep test test-fast bench bench-cuhk01 clean-runs
 
 venv: $(STAMP)
 
@@ -40,6 +40,18 @@ lock:
 run: $(STAMP)
 	$(PY) -m trainers.run_job --config $(CONFIG) $(ARGS)
 
+# Serve the model `make run` trained (Ray Serve on http://127.0.0.1:8000, Ctrl-C stops); once it serves it
+# prints a `curl` that posts one of the run's images to /embed. CHECKPOINT=<model.pt or run folder>.
+SERVE_CONFIG ?= tune_configs/serve.yaml
+CHECKPOINT   ?= runs/synthetic/model.pt
+serve: $(STAMP)
+	$(PY) -m trainers.serve --config $(SERVE_CONFIG) --set checkpoint=$(CHECKPOINT) $(ARGS)
+
+# The small CPU sweep of the README's Sweeps section (Ray Tune); outputs in runs/sweeps/<name>/.
+SWEEP ?= tune_configs/sweep_synthetic.yaml
+sweep: $(STAMP)
+	$(PY) -m trainers.sweep --config $(SWEEP) $(ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
@@ -47,6 +59,16 @@ test: $(STAMP)
 # seconds each), for quick checks while editing; `make test` (CI) runs them all.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+# The CPU-sized benchmarks that need no dataset, with the commands of benchmarks/README.md: env_workers_bench.py
+# (the Ray loop's questions/s with 1, 2, 4 env workers), precision_bench.py (fp32 vs bf16 throughput) and
+# serve_bench.py (HTTP /embed vs in-process). Each prints its table and rewrites its file in benchmarks/results/.
+# (The others need CUHK03/CUHK01 or run for hours: bench-cuhk01, and the commands in benchmarks/README.md.)
+bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/env_workers_bench.py --repeats 3
+	$(PY) benchmarks/precision_bench.py
+	$(PY) -m benchmarks.serve_bench --backbone resnet18 --height 128 --width 64 \
+	    --requests 200 --baseline-requests 100 --concurrency 1 4 16
 
 # The CUHK03 -> CUHK01 table (benchmarks/cuhk01_table.py): trains the CUHK03 source model once into
 # runs/cuhk03_source, then runs the rows whose results file is missing. ARGS="--rows ... --seeds ...".

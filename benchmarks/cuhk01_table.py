@@ -386,7 +386,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--kmax", nargs="+", type=int, default=[5])
     p.add_argument("--runs", default=str(ROOT / "runs"))
-    p.add_argument("--results", default=str(ROOT / "benchmarks/results/cuhk01"))
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results/cuhk01_v3"))
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="extra config override for every row run now (e.g. a calibration); recorded in the results")
     p.add_argument("--table-only", action="store_true", help="run nothing: print the table of the results present")

@@ -13,6 +13,13 @@ The driver's ``OMP_NUM_THREADS``, the fault-injection variables of :func:`reidlo
 (empty outside tests) and the caller's ``env_vars`` (which win) go to every worker as the runtime env's
 ``env_vars`` — except inside a job submitted with ``ray job submit`` (``RAY_JOB_CONFIG_JSON_ENV_VAR`` set),
 where the submitted job's runtime env rules.
+
+The console is quiet unless ``$REIDLOOP_VERBOSE`` is set (``--verbose`` of the entry points, see
+``trainers/cli.py``): ``ray.init(log_to_driver=False, logging_level=WARNING)``, so the workers' and actors'
+output (Ray Train's controller, its placement-group cleaner, Serve's replicas, our own actors) stays in
+Ray's log files (``/tmp/ray/session_latest/logs/``) instead of the driver's console, and the driver's
+``ray`` logger shows warnings and errors only. Errors raised in workers still reach the driver (as the
+exceptions ``ray.get`` raises). :func:`verbose` is what Ray Train's and Tune's run configs read.
 """
 from __future__ import annotations
 
@@ -25,6 +32,19 @@ from reidloop import crashpoints
 log = logging.getLogger(__name__)
 
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by `ray job submit` for the entrypoint
+VERBOSE_ENV = "REIDLOOP_VERBOSE"  # set (non-empty, not "0") by --verbose: Ray's own console output too
+
+
+def verbose() -> bool:
+    """Whether Ray, Ray Train, Tune and Serve may talk on the console (``$REIDLOOP_VERBOSE``)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def console_kwargs() -> dict:
+    """``ray.init``'s console settings: none when verbose, else no worker output on the driver's console
+    (``log_to_driver=False``; it is still in the session's log files) and the driver's ``ray`` logger at
+    WARNING."""
+    return {} if verbose() else {"log_to_driver": False, "logging_level": logging.WARNING}
 
 
 def worker_env(env_vars: Optional[dict] = None) -> dict[str, str]:
@@ -44,6 +64,7 @@ def init_plan(address: Optional[str] = None, *, num_cpus: Optional[int] = None, 
         runtime_env = dict(kwargs.pop("runtime_env", None) or {})
         runtime_env["env_vars"] = {**env, **runtime_env.get("env_vars", {})}
         kwargs["runtime_env"] = runtime_env
+    kwargs = {**console_kwargs(), **kwargs}
     if address:  # that cluster's token; its dashboard and CPUs are its own
         return "join", {"address": address, **kwargs}
     return "local", {"num_cpus": num_cpus, "include_dashboard": include_dashboard, **kwargs}

@@ -12,6 +12,8 @@
   ``storage_path`` (or a pyarrow filesystem URI); ``FailureConfig(max_failures)`` restarts failed
   workers, and the loop continues from ``ray.train.get_checkpoint()``'s epoch. A run started again
   under the same name resumes from the checkpoints in storage the same way.
+* Ray Train's console logs (``RunConfig(logging_config=LoggingConfig(log_level=...))``): WARNING, or INFO
+  with ``--verbose`` (``services.ray_start.verbose``).
 * The model goes in as an object ref of its CPU state dict; the final checkpoint's weights are loaded
   back into the driver's model.
 """
@@ -27,7 +29,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.utils.data import DataLoader
 
@@ -41,6 +43,7 @@ from reidloop.engine.precision import checked_precision, resolve_precision
 from reidloop.engine.train import make_optimizer, train_epoch, train_loader, warmup_factor
 from reidloop.models import ReidNet
 from .embedding import model_from_payload, model_payload
+from .ray_start import verbose
 
 STATE_FILE = "state.pt"
 
@@ -164,6 +167,8 @@ def trainer(loop: Callable[[dict], None], config: dict, ray_cfg: RayConfig, name
         run_config=RunConfig(name=name, storage_path=storage_uri(ray_cfg.storage_path),
                              failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             # Ray Train's own `ray.train` logs: warnings only unless --verbose
+                             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
                              worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": threads}} if threads else None))
 
 

@@ -387,7 +387,13 @@ def build_app(args: dict):
 
 
 def deploy(cfg: ServeConfig, blocking: bool = False) -> str:
-    """Start Serve on ``cfg.host:cfg.port`` (Ray must be initialised), deploy the app, return its URL."""
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    """Start Serve on ``cfg.host:cfg.port`` (Ray must be initialised), deploy the app, return its URL. Serve's
+    own logs (controller, proxy, replicas) are at WARNING unless --verbose (``services.ray_start.verbose``)."""
+    from .ray_start import verbose
+
+    if not verbose():  # `import ray.serve` set its driver-side logger to INFO ("Started Serve ...", "... is ready")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port},
+                logging_config={"log_level": "INFO" if verbose() else "WARNING"})
     serve.run(build(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=blocking)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"

@@ -135,7 +135,32 @@ def _check_resume(sweep: Sweep, saved: Path) -> None:
                               f"{old!r} -> {new!r}; resume with the same settings or start a new name")
 
 
-def make_tuner(sweep: Sweep, resume: bool, verbose: int = 1):
+def progress_callback():
+    """A Tune callback printing one line per trial report (round, answers, mAP, rank-1) and per trial end:
+    the sweep's progress when Tune's own status table is off (``verbose=0``, the default of trainers.sweep)."""
+    from ray import tune
+
+    class Progress(tune.Callback):
+        ended = 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            print(f"trial {trial.trial_id} round {result.get('round')}/{result.get('rounds_total')}: "
+                  f"{result.get('answers')} answers  mAP {100 * result.get('mAP', float('nan')):.1f}%  "
+                  f"rank-1 {100 * result.get('rank1', float('nan')):.1f}%", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.ended += 1
+            print(f"trial {trial.trial_id} finished ({self.ended} of {len(trials)} trials ended)", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.ended += 1
+            print(f"trial {trial.trial_id} failed, its error is in {trial.path} ({self.ended} of {len(trials)} "
+                  "trials ended)", flush=True)
+
+    return Progress()
+
+
+def make_tuner(sweep: Sweep, resume: bool, verbose: int = 1, progress: bool = False):
     from ray import tune
 
     from .tune_trial import run_trial  # pickled by reference: workers import services.tune_trial
@@ -173,6 +198,7 @@ def make_tuner(sweep: Sweep, resume: bool, verbose: int = 1):
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=c.name, storage_path=c.storage_path, verbose=verbose,
+            callbacks=[progress_callback()] if progress else None,
             # Keep every round checkpoint: with num_to_keep, a driver killed after Tune pruned a checkpoint
             # but before its next experiment-state snapshot resumes with a manager that still lists the
             # pruned one, and the next prune fails on the missing folder (FileNotFoundError, seen in CI).
@@ -233,11 +259,13 @@ def write_outputs(sweep: Sweep, recs: list[dict]) -> SweepOutputs:
     return SweepOutputs(exp, parquet, csv, plot, best_path, best)
 
 
-def run_sweep(sweep: Sweep, resume: bool = False, verbose: int = 1, num_cpus: int | None = None) -> SweepOutputs:
+def run_sweep(sweep: Sweep, resume: bool = False, verbose: int = 1, num_cpus: int | None = None,
+              progress: bool = False) -> SweepOutputs:
     """Run (or resume) the sweep to the end on Ray (joined or started here; ``num_cpus`` sizes a local
-    Ray only), then write its outputs."""
+    Ray only), then write its outputs. ``verbose``: Tune's own console output (``tune.RunConfig(verbose)``:
+    0 silent, 1 its status table, ...); ``progress``: our one line per trial report instead."""
     start_or_join(num_cpus=num_cpus, env_vars={"OMP_NUM_THREADS": str(sweep.config.resources.threads)})
-    results = make_tuner(sweep, resume, verbose).fit()
+    results = make_tuner(sweep, resume, verbose, progress).fit()
     out = write_outputs(sweep, records(sweep, results))
     log.info("%d trials: table %s, plot %s, best config %s", len(results), out.table, out.plot, out.best_config)
     return out

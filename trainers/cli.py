@@ -1,8 +1,11 @@
-"""Shared command-line handling: ``--config FILE`` plus ``--set section.key=value`` overrides."""
+"""Shared command-line handling: ``--config FILE`` plus ``--set section.key=value`` overrides, ``--verbose``,
+and the one-line exits of :func:`run_or_exit`."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from typing import TypeVar
 
@@ -17,20 +20,58 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_verbose(p)
     return p
+
+
+# Our progress and warnings only, unless --verbose: Ray's, Ray Train's, Tune's and Serve's own console output
+# is turned off where it is made (services/ray_start.py: ray.init(log_to_driver=False, logging_level=WARNING);
+# Ray Train's RunConfig logging_config, Tune's verbose, Serve's logging_config); Ray's log files are written
+# as always (/tmp/ray/session_latest/logs/).
+VERBOSE_ENV = "REIDLOOP_VERBOSE"  # read by services.ray_start.verbose (also in processes started from here)
+RAY_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.serve", "ray.data")
+
+
+def add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's, Ray Train's, Tune's and Serve's own console output")
+
+
+def console(verbose: bool) -> None:
+    """Our log lines at INFO; Ray's loggers at WARNING (Ray's default, INFO, with ``verbose``); the choice is
+    passed on to Ray through ``$REIDLOOP_VERBOSE``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    elif os.environ.get(VERBOSE_ENV, "") in ("", "0"):
+        os.environ[VERBOSE_ENV] = "0"
+        # Tune's new output engine prints its experiment header even at verbose=0; the legacy one is silent there
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        for name in RAY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def load(cls: type[T], args: argparse.Namespace) -> T:
     """Load the typed config or exit with the loader's message (file and field named)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console(getattr(args, "verbose", False))
     try:
         return load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
 
 
-def run_or_exit(fn, *a, **kw):
-    """Run ``fn``; expected user errors (bad data/config/files) exit with one clear line."""
+def _cause(exc: BaseException) -> BaseException:
+    """The error itself, not Ray's wrapper (a task's error carries the remote traceback in its text)."""
+    if "ray" in sys.modules:
+        from ray.exceptions import RayTaskError
+
+        if isinstance(exc, RayTaskError) and isinstance(exc.cause, BaseException):
+            return exc.cause
+    return exc
+
+
+def exit_message(exc: BaseException) -> str | None:
+    """The one line an expected error ends the run with (None: not one of them, let it raise)."""
     from reidloop.data.records import DatasetError
     from reidloop.lease import LeaseHeld, LeaseLost
 
@@ -38,8 +79,33 @@ def run_or_exit(fn, *a, **kw):
         from services.ray_calls import ActorFailed
     except ImportError:  # (an install without Ray)
         ActorFailed = LeaseLost
+    inner = _cause(exc)
+    if isinstance(inner, OSError) and inner.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {inner.filename}" if inner.filename else ""
+        return f"error: out of disk space{where}: free some space (or point output_dir / ray.storage_path elsewhere)"
+    if type(inner) is ConnectionError:  # ray.init's "could not find / connect to the cluster"
+        address = os.environ.get("RAY_ADDRESS")
+        hint = f"; RAY_ADDRESS={address}: unset it to start a local Ray" if address else ""
+        return f"error: cannot reach the Ray cluster ({inner}){hint}"
+    if isinstance(inner, DatasetError):
+        return f"error: {inner} (check data.dataset and data.root in the config, or pass --set data.root=PATH)"
+    if isinstance(inner, (ConfigError, FileNotFoundError, ValueError, LeaseHeld, LeaseLost,
+                          ActorFailed, PortTaken)):
+        return f"error: {inner}"
+    return None
 
+
+class PortTaken(OSError):
+    """The port a server is to listen on is in use (raised before anything starts)."""
+
+
+def run_or_exit(fn, *a, **kw):
+    """Run ``fn``; expected user errors (bad data/config/files, no disk space, no Ray cluster at the address
+    given, a port taken) exit with one clear line, without a traceback."""
     try:
         return fn(*a, **kw)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError, LeaseHeld, LeaseLost, ActorFailed) as exc:
-        sys.exit(f"error: {exc}")
+    except Exception as exc:
+        message = exit_message(exc)
+        if message is None:
+            raise
+        sys.exit(message)

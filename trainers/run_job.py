@@ -11,12 +11,48 @@ queries on `ray.env_workers` environment workers, pre-training and fine-tuning t
 Writes to `output_dir`: answers/ (Parquet answer log), rounds.parquet (metrics per round),
 summary.json, curve.png, model.pt (latest CNN), strategy.pt (e.g. the DRAL agent), config.yaml;
 Ray Train checkpoints go to `ray.storage_path`. Started again with the same config, it resumes.
+
+The loop logs one line per round (answers, mAP, rank-1, elapsed); at the end this prints the table, the paths of summary.json,
+curve.png and model.pt, and the command that serves the model. Ray's own console output is off unless
+--verbose (trainers/cli.py).
 """
+import os
+import shlex
+import sys
+from pathlib import Path
+
 from reidloop.active.loop import ActiveLearningLoop
-from reidloop.config import LoopJob
+from reidloop.config import LoopJob, load_config
+from reidloop.config.serve import ServeConfig
 from reidloop.engine.evaluate import format_metrics
 
 from .cli import load, parser, run_or_exit
+
+SERVE_CONFIG = "tune_configs/serve.yaml"  # what `make serve` serves with (Makefile's SERVE_CONFIG)
+
+
+def serve_commands(job: LoopJob, serve_config: str = SERVE_CONFIG) -> tuple[str, str]:
+    """``make serve ...`` and the ``python -m trainers.serve ...`` it runs, for this run's model.pt."""
+    model = Path(job.output_dir) / "model.pt"
+    sets = [f"--set checkpoint={shlex.quote(str(model))}"]
+    try:
+        size = load_config(ServeConfig, serve_config)
+        same_size = (size.height, size.width) == (job.data.height, job.data.width)
+    except Exception:  # (not run from the repository root) name the size anyway
+        same_size = False
+    extra = [] if same_size else [f"--set height={job.data.height}", f"--set width={job.data.width}"]
+    make = f"make serve CHECKPOINT={shlex.quote(str(model))}" + (
+        f" ARGS={shlex.quote(' '.join(extra))}" if extra else "")
+    exe = os.path.relpath(sys.executable) if Path(sys.executable).is_relative_to(Path.cwd()) else "python"
+    python = " ".join([exe, "-m trainers.serve --config", serve_config, *sets, *extra])
+    return make, python
+
+
+def summary_lines(job: LoopJob, result) -> list[str]:
+    out = Path(result.output_dir)
+    make, python = serve_commands(job)
+    return [f"summary:  {out / 'summary.json'}", f"curve:    {out / 'curve.png'}", f"model:    {out / 'model.pt'}",
+            f"serve it: {make}", f"      or: {python}"]
 
 
 def run(job: LoopJob, progress: bool = True, local: bool = False):
@@ -30,7 +66,7 @@ def run(job: LoopJob, progress: bool = True, local: bool = False):
     result = loop.run()
     rows = {f"round {r['round']} ({r['answers']} answers)": r for r in result.rounds}
     print(format_metrics(rows))
-    print(f"outputs in {result.output_dir}")
+    print("\n".join(summary_lines(job, result)), flush=True)
     return result
 
 

@@ -18,12 +18,13 @@ complete LoopJob for `python -m trainers.run_job --config best_config.yaml`.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from reidloop.config import ConfigError
 from reidloop.config.sweep import load_sweep
 from services.sweep import run_sweep
+
+from .cli import add_verbose, console, run_or_exit
 
 
 def main(argv=None) -> None:
@@ -33,14 +34,16 @@ def main(argv=None) -> None:
                    help="override a sweep value, e.g. --set num_samples=8 --set overrides.data.root=/data")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep of this name")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (ignored on a cluster)")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (and no Tune table with --verbose)")
+    add_verbose(p)  # Tune's own status table and Ray's output too
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console(args.verbose)
     try:
         sweep = load_sweep(args.config, args.overrides)
-        out = run_sweep(sweep, resume=args.resume, verbose=0 if args.quiet else 1, num_cpus=args.num_cpus)
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
+    out = run_or_exit(run_sweep, sweep, resume=args.resume, num_cpus=args.num_cpus,
+                      verbose=1 if args.verbose and not args.quiet else 0, progress=not args.quiet)
     if out.best is not None:
         o = sweep.config.objective
         print(f"best trial {out.best['trial_id']}: {o.metric}={out.best[o.metric]:.4g}  -> {out.best_config}")

@@ -93,6 +93,18 @@ class LoopResult:
 
 
 # ------------------------------------------------------------------------ the loop
+def elapsed(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m{s:02d}s" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def round_line(row: dict, budget: int | None = None) -> str:
+    """One round of the run, for a person: ``round 2: 30/60 answers  mAP 41.2%  rank-1 55.0%  elapsed 1m12s``."""
+    answers = f"{row['answers']}/{budget}" if budget is not None else f"{row['answers']}"
+    return (f"round {row['round']}: {answers} answers  mAP {100 * row['mAP']:.1f}%  "
+            f"rank-1 {100 * row['rank1']:.1f}%  elapsed {elapsed(row['elapsed_seconds'])}")
+
+
 class ActiveLearningLoop:
     """Algorithm 1 on one machine. ``run()`` writes everything under job.output_dir and resumes from it.
 
@@ -353,8 +365,7 @@ class ActiveLearningLoop:
             metrics = self.evaluate(model, splits)
             result.rounds.append({**self._row(r, oracle.used, metrics, start, ft_seconds, self.round_stats),
                                   "links_settled": settled_link_share(answered_now, pids)})
-            log.info("round %d: %d answers  %s", r, oracle.used,
-                     format_metrics({job.strategy: metrics}).splitlines()[1])
+            log.info("%s", round_line(result.rounds[-1], budget))
             self._save_state(r, model, strategy, result, oracle.used, cursor)
             answer_log.compact()
             if self.on_round is not None:
