@@ -123,6 +123,7 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_checkpoint):
     ActiveLearningLoop(job, progress=False).run()  # and the same config resumes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["dral", "random"])
 def test_no_question_is_implied_by_earlier_answers(tmp_path, tiny_checkpoint, strategy):
     over = {"strategy": strategy, "max_queries": 24, "dral.kmax": 5}

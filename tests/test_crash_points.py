@@ -63,6 +63,7 @@ def crash_arrival(trace: list[str], point: str) -> int:
     return later[0] if later else 1
 
 
+@pytest.mark.slow
 def test_every_write_of_a_run_is_a_listed_crash_point(reference):
     from reidloop.crashpoints import POINTS
 

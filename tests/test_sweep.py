@@ -79,6 +79,7 @@ def test_tune_space_search_and_scheduler_follow_the_config(workdir):
     assert isinstance(asha, ASHAScheduler) and asha._max_t == sweep.rounds == 2 and asha._reduction_factor == 3
 
 
+@pytest.mark.slow
 def test_sweep_of_four_trials_writes_table_plot_and_a_best_config_the_job_runs(ray_session, workdir, tmp_path):
     from trainers import run_job
     from services.sweep import run_sweep
@@ -123,6 +124,7 @@ def terminated_trials(exp: Path) -> set[str]:
     return {t.trial_id for t in trials if t.status == "TERMINATED"}
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_resumes_to_completion_without_running_a_trial_twice(ray_session, workdir, tmp_path):
     from services.sweep import make_tuner, run_sweep
 
