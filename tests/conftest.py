@@ -25,7 +25,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A real local Ray: 2 CPUs, no dashboard, 512 MiB object store (DEVELOPERS.md)."""
+    """A real local Ray for the whole test session: 2 CPUs, no dashboard, 512 MiB object store, auth off (tests only)."""
     import ray
 
     if not ray.is_initialized():
