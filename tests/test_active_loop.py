@@ -60,6 +60,7 @@ def test_budget_is_a_hard_stop(tmp_path, tiny_checkpoint):
     assert result.answers == 7 and len(answered(tmp_path / "b")[0]) == 7
 
 
+@pytest.mark.slow
 def test_references_ask_nothing(tmp_path, tiny_checkpoint):
     base = ActiveLearningLoop(tiny_job(tmp_path / "base", tiny_checkpoint, tmp_path / "cache",
                                        strategy="baseline"), progress=False).run()
@@ -188,6 +189,7 @@ def test_learners_upperbound_trains_on_truth_without_asking(tmp_path, tiny_check
     assert json.loads((tmp_path / "ub" / "state.json").read_text())["next_query"] == 4
 
 
+@pytest.mark.slow
 def test_rounds_record_the_episode_trace(tmp_path, tiny_checkpoint):
     """Per round: questions, "same" answers, Eq. 9 return, picks that skipped a nearer open candidate."""
     traces = {}
