@@ -16,6 +16,8 @@ import numpy as np
 from .answer_log import AnswerLog, AnswerRecord
 from .config.schema import OracleConfig
 
+Question = tuple[int, int, int, int]  # (query, candidate, round, step)
+
 
 class OracleError(RuntimeError):
     """Base class of the oracle's refusals."""
@@ -92,7 +94,7 @@ class SimulatedOracle:
         """``known`` of each (query, candidates) request's pairs."""
         return [[self.known(q, int(c)) for c in cands] for q, cands in requests]
 
-    def ask_batch(self, questions: Sequence[tuple[int, int, int, int]], strategy: str) -> list[Optional[int]]:
+    def ask_batch(self, questions: Sequence[Question], strategy: str) -> list[Optional[int]]:
         """(query, candidate, round, step) questions answered in order: a pair already answered is free, None
         from the first the budget cannot pay for (and for all after it)."""
         return ask_each(self, questions, strategy)
@@ -128,7 +130,7 @@ class SimulatedOracle:
         self.used = len(self._answers)
 
 
-def ask_each(oracle, questions: Sequence[tuple[int, int, int, int]], strategy: str) -> list[Optional[int]]:
+def ask_each(oracle, questions: Sequence[Question], strategy: str) -> list[Optional[int]]:
     """``ask_batch`` over an oracle's one-at-a-time ``known`` / ``remaining`` / ``ask``: answers in order, a
     pair already answered free, None from the first question the budget cannot pay for (and all after it)."""
     out: list[Optional[int]] = []

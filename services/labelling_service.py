@@ -31,11 +31,10 @@ import ray
 from reidloop import atomic
 from reidloop.answer_log import AnswerLog
 from reidloop.config.schema import OracleConfig
-from reidloop.oracle import BudgetExhausted, SimulatedOracle
+from reidloop.oracle import BudgetExhausted, Question, SimulatedOracle
 
 from .ray_calls import wait
 
-Question = tuple[int, int, int, int]  # (query, candidate, round, step)
 NAMESPACE = "reidloop"
 
 

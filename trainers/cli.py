@@ -10,6 +10,8 @@ import sys
 from typing import TypeVar
 
 from reidloop.config import ConfigError, load_config
+from services.ray_start import VERBOSE_ENV
+from services.ray_start import verbose as ray_verbose
 
 T = TypeVar("T")
 
@@ -28,7 +30,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 # is turned off where it is made (services/ray_start.py: ray.init(log_to_driver=False, logging_level=WARNING);
 # Ray Train's RunConfig logging_config, Tune's verbose, Serve's logging_config); Ray's log files are written
 # as always (/tmp/ray/session_latest/logs/).
-VERBOSE_ENV = "REIDLOOP_VERBOSE"  # read by services.ray_start.verbose (also in processes started from here)
 RAY_LOGGERS = ("ray", "ray.train", "ray.tune", "ray.serve", "ray.data")
 
 
@@ -43,7 +44,7 @@ def console(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-    elif os.environ.get(VERBOSE_ENV, "") in ("", "0"):
+    elif not ray_verbose():
         os.environ[VERBOSE_ENV] = "0"
         # Tune's new output engine prints its experiment header even at verbose=0; the legacy one is silent there
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

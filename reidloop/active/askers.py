@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..oracle import BudgetExhausted, SimulatedOracle, ask_each
-
-Question = tuple[int, int, int, int]  # (query, candidate, round, step)
+from ..oracle import BudgetExhausted, Question, SimulatedOracle, ask_each
 
 
 class ResumeDiverged(RuntimeError):

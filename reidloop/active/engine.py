@@ -28,10 +28,9 @@ import numpy as np
 from ..config.schema import DralConfig
 from ..dral.env import QueryEpisodeEnv, reset_episode
 from ..dral.metric import Metric
+from ..oracle import Question
 from ..pair_knowledge import PairKnowledge, implied_answers
 from ..strategies import Strategy, Transition
-
-Question = tuple[int, int, int, int]  # (query, candidate, round, step)
 
 
 @dataclass(frozen=True)
