@@ -37,8 +37,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reidloop.config import from_dict, load_config, to_dict
 from reidloop.config.serve import ServeConfig
-from reidloop.serving import (MAX_JSON_DEPTH, InputTransform, ReidService, ServingError, Upload, make_entry,
-                              parse_id_list, parse_k, parse_meta, parse_upload, redact_paths)
+from reidloop.serving import (ADMIN, MAX_JSON_DEPTH, Access, InputTransform, ReidService, ServingError, Upload,
+                              check_request_pixels, make_entry, parse_id_list, parse_k, parse_meta, parse_upload,
+                              redact_matches, redact_paths, require_admin)
 
 log = logging.getLogger("reidloop.serve")
 USER_CONFIG_KEYS = ("checkpoint", "watch_interval_s")
@@ -57,16 +58,18 @@ class EmbedBody(BaseModel):
 
 class Match(BaseModel):
     gallery_id: str
-    person_id: Optional[int]
-    camera: Optional[int]
+    person_id: Optional[int] = None  # admin callers only
+    camera: Optional[int] = None  # admin callers only
     distance: float
     score: float
+    model_version: str  # the model that embedded this entry (always the query's: stale entries are not searched)
 
 
 class SearchBody(BaseModel):
     matches: list[Match]
     k: int
     gallery_size: int
+    stale: int  # entries another model embedded, not searched until re-embedded or uploaded again
     model_version: str
 
 
@@ -78,18 +81,25 @@ class GalleryBody(BaseModel):
 
 ERROR_CASES = {
     400: "empty, truncated or undecodable image; malformed multipart body",
+    401: "no bearer token, or a wrong one (when tokens are configured)",
+    403: "a read-only token on a route that changes the gallery",
     404: "unknown gallery id",
     409: "gallery id already in use",
-    413: "body larger than max_body_bytes, or image larger than max_pixels",
+    413: "body larger than max_body_bytes, an image larger than max_pixels, or the request's images together "
+         "larger than max_request_pixels",
     415: "content type is not an image type (nor multipart/form-data)",
-    422: f"missing or unknown field, or a bad value (JSON nested deeper than {MAX_JSON_DEPTH} levels too)",
+    422: f"missing or unknown field, a bad value, more than max_files images (JSON nested deeper than "
+         f"{MAX_JSON_DEPTH} levels too)",
+    429: "more than max_in_flight requests at once (see Retry-After)",
+    503: "not answered within request_timeout_s",
     507: "gallery full (max_gallery_size)",
 }
+COMMON_ERRORS = (401, 429, 503)
 
 
 def errors(*codes: int) -> dict:
-    """``responses=`` entries documenting the 4xx/5xx answers of an endpoint."""
-    return {c: {"model": ErrorBody, "description": ERROR_CASES[c]} for c in codes}
+    """``responses=`` entries documenting the 4xx/5xx answers of an endpoint (and those of every route)."""
+    return {c: {"model": ErrorBody, "description": ERROR_CASES[c]} for c in sorted({*codes, *COMMON_ERRORS})}
 
 
 def _image_body(fields: dict[str, dict], many: bool = False) -> dict:
@@ -107,6 +117,75 @@ def _image_body(fields: dict[str, dict], many: bool = False) -> dict:
 OPTIONAL_INT = {"type": ["integer", "null"]}
 app = FastAPI(title="reidloop Re-ID service", version="1",
               description="Embeddings and gallery search with the current Re-ID model (DRAL, ICCV 2019).")
+
+
+class Guard:
+    """Pure ASGI middleware of the ingress: access (``reidloop.serving.access``), requests in flight, timeout.
+
+    Its settings (``GuardSettings``) are set on ``app.state.guard`` by the ingress replica that owns this
+    process's app. ``/health`` is always open and never counted. The caller's role is put in
+    ``request.state.role`` for the routes that redact or refuse."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    @staticmethod
+    async def _send_error(send, status: int, message: str, headers: Optional[dict] = None) -> None:
+        resp = JSONResponse({"error": message}, status_code=status, headers=headers)
+        await send({"type": "http.response.start", "status": resp.status_code, "headers": resp.raw_headers})
+        await send({"type": "http.response.body", "body": resp.body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        settings = getattr(scope.get("app").state, "guard", None) if scope["type"] == "http" else None
+        if settings is None:
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        if path == "/health":
+            return await self.app(scope, receive, send)
+        try:
+            role = settings.access.role(dict(_headers(scope)).get("authorization"))
+        except ServingError as exc:
+            return await self._send_error(send, exc.status, exc.message, {"WWW-Authenticate": "Bearer"})
+        scope.setdefault("state", {})["role"] = role
+        if settings.in_flight >= settings.max_in_flight:
+            return await self._send_error(send, 429, f"too many requests in flight (max_in_flight="
+                                          f"{settings.max_in_flight}); retry shortly", {"Retry-After": "1"})
+        settings.in_flight += 1
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracking_send), settings.timeout_s)
+        except asyncio.TimeoutError:
+            if not started:
+                await self._send_error(send, 503, f"not answered within request_timeout_s={settings.timeout_s:g} "
+                                       "(the request's work was cancelled)", {"Retry-After": "1"})
+        finally:
+            settings.in_flight -= 1
+
+
+def _headers(scope) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+
+
+class GuardSettings:
+    def __init__(self, access: Access, max_in_flight: int, timeout_s: float) -> None:
+        self.access, self.max_in_flight, self.timeout_s = access, max_in_flight, timeout_s
+        self.in_flight = 0  # touched only on the replica's event loop
+
+
+app.add_middleware(Guard)
+
+
+def _role(request: Request) -> str:
+    return getattr(request.state, "role", ADMIN)  # no guard settings: a test app, open
 
 
 @app.exception_handler(ServingError)
@@ -160,11 +239,12 @@ def _answer(result: Any) -> JSONResponse:
 class _ModelReplica:
     """A ``ReidService`` that follows its checkpoint; model work runs off the replica's event loop."""
 
-    def __init__(self, cfg: dict) -> None:
+    def __init__(self, cfg: dict, store: bool = False) -> None:
         self.cfg = from_dict(ServeConfig, cfg)
-        self.service = ReidService(self.cfg)
+        self.service = ReidService(self.cfg, store=store)
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="model")  # forward passes, one at a time
-        self._admin_pool = ThreadPoolExecutor(1, thread_name_prefix="admin")  # add / remove / reload
+        self._admin_pool = ThreadPoolExecutor(1, thread_name_prefix="admin")  # add / remove
+        self._reload_pool = ThreadPoolExecutor(1, thread_name_prefix="reload")  # reload (may re-embed a while)
         self._interval = self.cfg.watch_interval_s
         self._wake = threading.Event()
         threading.Thread(target=self._watch, name="checkpoint-watcher", daemon=True).start()
@@ -193,7 +273,7 @@ class _ModelReplica:
                 raise ValueError(f"user_config.watch_interval_s: {interval!r} must be a number >= 0")
             self._interval = float(interval)
             self._wake.set()
-        await self._run(self._admin_pool, self.service.reload, (user_config or {}).get("checkpoint"))
+        await self._run(self._reload_pool, self.service.reload, (user_config or {}).get("checkpoint"))
 
     def version(self) -> dict:
         return {**self.service.version_info(), "gallery_size": self.service.state.index.size}
@@ -225,13 +305,22 @@ class Embedder(_ModelReplica):
 
 @serve.deployment(name="Gallery")
 class Gallery(_ModelReplica):
+    """Holds the gallery (durable in ``gallery_dir``, reloaded here on start)."""
+
     def __init__(self, cfg: dict) -> None:
-        super().__init__(cfg)
+        super().__init__(cfg, store=True)
         self._batching(self._search_batch)
+        if self.service.store is not None and self.service.store.keep_images and self.service.stale_ids():
+            # entries stored by another model (the checkpoint changed while the server was down): re-embedded
+            # in the background while the fresh ones are searched
+            self._reload_pool.submit(self.service.catch_up)
+
+    def __del__(self) -> None:  # Serve calls it on a graceful shutdown: give the gallery folder's lease back
+        self.service.close()
 
     def _search_many(self, queries: list[tuple[torch.Tensor, int]]) -> list[dict]:
-        results, version, size = self.service.search([q for q, _ in queries], [k for _, k in queries])
-        return [{"matches": m, "k": k, "gallery_size": size, "model_version": version}
+        results, version, size, stale = self.service.search([q for q, _ in queries], [k for _, k in queries])
+        return [{"matches": m, "k": k, "gallery_size": size, "stale": stale, "model_version": version}
                 for m, (_, k) in zip(results, queries)]
 
     async def search(self, image: torch.Tensor, k: int) -> dict:
@@ -243,13 +332,17 @@ class Gallery(_ModelReplica):
     async def _search_batch(self, queries: list[tuple[torch.Tensor, int]]) -> list[dict]:
         return await self._run(self._model_pool, self._search_many, queries)
 
-    def _add(self, entries: list, images: list[torch.Tensor]) -> dict:
-        state = self.service.add(entries, images)
+    def _add(self, entries: list, images: list[torch.Tensor], raw: Optional[list[bytes]]) -> dict:
+        state = self.service.add(entries, images, raw)
         return {"ids": [e.gallery_id for e in entries], "gallery_size": state.index.size,
                 "model_version": state.model.version}
 
-    async def add(self, entries: list, images: list[torch.Tensor]) -> dict | Refused:
-        return await self._run(self._admin_pool, _refusing(self._add), entries, images)
+    async def add(self, entries: list, images: list[torch.Tensor], raw: Optional[list[bytes]] = None) -> dict | Refused:
+        return await self._run(self._admin_pool, _refusing(self._add), entries, images, raw)
+
+    def stale_ids(self) -> dict:
+        return {"ids": self.service.stale_ids(), "model_version": self.service.state.model.version,
+                "reembedding": self.service.reembedding}
 
     def _remove(self, gallery_ids: list[str]) -> dict:
         state = self.service.remove(gallery_ids)
@@ -263,10 +356,12 @@ class Gallery(_ModelReplica):
 @serve.deployment(name="ReidApi")
 @serve.ingress(app)
 class ReidApi:
-    def __init__(self, embedder: DeploymentHandle, gallery: DeploymentHandle, cfg: dict) -> None:
+    def __init__(self, embedder: DeploymentHandle, gallery: DeploymentHandle, cfg: dict,
+                 access: Optional[dict] = None) -> None:
         self.cfg = from_dict(ServeConfig, cfg)
         self.embedder, self.gallery = embedder, gallery
         self.transform = InputTransform(self.cfg.height, self.cfg.width)
+        app.state.guard = GuardSettings(Access.from_dict(access), self.cfg.max_in_flight, self.cfg.request_timeout_s)
 
     async def _body(self, request: Request) -> bytes:
         limit = self.cfg.max_body_bytes
@@ -286,7 +381,12 @@ class ReidApi:
                             allowed_fields=fields, max_files=max_files)
 
     def _decode_all(self, files: list[tuple[str, bytes]]) -> list[torch.Tensor]:
+        check_request_pixels(files, self.cfg.max_request_pixels, self.cfg.max_pixels)
         return [self.transform(data, max_pixels=self.cfg.max_pixels, what=name) for name, data in files]
+
+    def _raw(self, upload: Upload) -> Optional[list[bytes]]:
+        """The uploaded bytes, for the Gallery to keep on disk (only with keep_images)."""
+        return [data for _, data in upload.files] if self.cfg.keep_images else None
 
     async def _images(self, upload: Upload) -> list[torch.Tensor]:
         """Decoded and resized uint8 images (off the event loop: a large image takes a while)."""
@@ -305,42 +405,54 @@ class ReidApi:
         upload = await self._upload(request, ("k",))
         k = parse_k(upload.fields.get("k"), self.cfg.max_k)
         (image,) = await self._images(upload)
-        return JSONResponse(await self.gallery.search.remote(image, k))
+        result = await self.gallery.search.remote(image, k)
+        result["matches"] = redact_matches(result["matches"], _role(request))
+        return JSONResponse(result)
 
     @app.post("/gallery", summary="Index one image",
               openapi_extra=_image_body({"gallery_id": {"type": "string"}, "person_id": OPTIONAL_INT,
                                          "camera": OPTIONAL_INT}),
               responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)})
     async def gallery_add(self, request: Request) -> JSONResponse:
+        require_admin(_role(request), "POST /gallery")
         upload = await self._upload(request, ("gallery_id", "person_id", "camera"))
         f = upload.fields
         entry = make_entry(f.get("gallery_id"), f.get("person_id"), f.get("camera"))
-        return _answer(await self.gallery.add.remote([entry], await self._images(upload)))
+        return _answer(await self.gallery.add.remote([entry], await self._images(upload), self._raw(upload)))
 
     @app.post("/gallery/batch", summary="Index several images (all or none)",
               openapi_extra=_image_body({"meta": {"type": "string", "description": "JSON list, one object per "
                                          "image: {gallery_id, person_id, camera}, all optional"}}, many=True),
               responses={200: {"model": GalleryBody}, **errors(400, 409, 413, 415, 422, 507)})
     async def gallery_add_batch(self, request: Request) -> JSONResponse:
+        require_admin(_role(request), "POST /gallery/batch")
         upload = await self._upload(request, ("meta",), max_files=self.cfg.max_files)
         entries = parse_meta(upload.fields.get("meta"), len(upload.files))
-        return _answer(await self.gallery.add.remote(entries, await self._images(upload)))
+        return _answer(await self.gallery.add.remote(entries, await self._images(upload), self._raw(upload)))
 
     @app.delete("/gallery/{gallery_id}", summary="Remove one image", responses=errors(404))
-    async def gallery_remove(self, gallery_id: str) -> JSONResponse:
+    async def gallery_remove(self, gallery_id: str, request: Request) -> JSONResponse:
+        require_admin(_role(request), "DELETE /gallery/{id}")
         return _answer(await self.gallery.remove.remote([gallery_id]))
 
     @app.delete("/gallery", summary="Remove several images (all or none)", responses=errors(404, 413, 422),
                 openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "type": "array", "items": {"type": "string"}}}}}})
     async def gallery_remove_batch(self, request: Request) -> JSONResponse:
+        require_admin(_role(request), "DELETE /gallery")
         return _answer(await self.gallery.remove.remote(parse_id_list(await self._body(request))))
 
-    @app.get("/health", summary="Liveness of the ingress and both model deployments")
+    @app.get("/gallery/stale", summary="Ids of the entries the serving model did not embed (not searched)",
+             responses=errors(403))
+    async def gallery_stale(self, request: Request) -> JSONResponse:
+        require_admin(_role(request), "GET /gallery/stale")
+        return JSONResponse(await self.gallery.stale_ids.remote())
+
+    @app.get("/health", summary="Liveness of the ingress and both model deployments (no token needed)")
     async def health(self) -> dict:
         g, e = await asyncio.gather(self.gallery.version.remote(), self.embedder.version.remote())
         return {"status": "ok", "model_version": g["model_version"], "embedder_version": e["model_version"],
-                "gallery_size": g["gallery_size"]}
+                "gallery_size": g["gallery_size"], "stale": g["stale"], "reembedding": g["reembedding"]}
 
     @app.get("/version", summary="The served checkpoint: id, file name, metrics, load time, last reload error "
              "(a code and a time; never a path)")
@@ -369,13 +481,16 @@ def build(cfg: ServeConfig, user_config: Optional[dict] = None):
     """
     if not cfg.checkpoint:
         raise ValueError("checkpoint: required (a .pt file or a training run's output folder, e.g. runs/synthetic)")
+    access = Access.from_config(cfg)  # ConfigError: exposed without a token; only digests go to the replicas
     plain = to_dict(cfg)
     plain["checkpoint"] = _local_path(cfg.checkpoint)
+    if cfg.gallery_dir:
+        plain["gallery_dir"] = _local_path(cfg.gallery_dir)
     if user_config is None:
         user_config = {"checkpoint": plain["checkpoint"], "watch_interval_s": cfg.watch_interval_s}
     embedder = Embedder.options(user_config=user_config, **cfg.embedder.serve_options()).bind(plain)
     gallery = Gallery.options(user_config=user_config, **cfg.gallery.serve_options()).bind(plain)
-    return ReidApi.options(**cfg.ingress.serve_options()).bind(embedder, gallery, plain)
+    return ReidApi.options(**cfg.ingress.serve_options()).bind(embedder, gallery, plain, access.to_dict())
 
 
 def build_app(args: dict):

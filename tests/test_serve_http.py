@@ -75,6 +75,7 @@ def served(ray_session, synthetic_tiny, tmp_path_factory):
     cfg = ServeConfig(checkpoint=str(run_dir), port=free_port(), app_name=APP, height=H, width=W,
                       watch_interval_s=0.1, torch_threads=1, max_batch_size=8, batch_wait_timeout_s=0.002,
                       max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, max_files=32, max_k=20,
+                      keep_images=True,  # a swapped-in model re-embeds the gallery from the kept uploads
                       ingress=dep, embedder=dep, gallery=dep)
     config_file = run_dir.parent / "serve.yaml"
     save_config(cfg, config_file)

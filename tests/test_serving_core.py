@@ -9,6 +9,7 @@ import pytest
 import requests
 import torch
 from PIL import Image
+from urllib3.filepost import encode_multipart_formdata
 
 from reidloop.config import ConfigError, load_config
 from reidloop.config.serve import ServeConfig
@@ -91,6 +92,47 @@ def test_multipart_round_trip_keeps_binary_data_exactly():
 def test_malformed_multipart_is_a_400(body, ctype, fragment):
     with errors_with(400, fragment):
         parse_multipart(body, ctype)
+
+
+def test_urllib3_body_with_two_images_and_a_field_parses_to_its_parts():
+    pngs = [random_png(3), random_png(4)]
+    body, ctype = encode_multipart_formdata([("image", ("a.png", pngs[0], "image/png")),
+                                             ("image", ("b.png", pngs[1], "image/png")),
+                                             ("meta", '[{"person_id": 1}, {}]')])
+    parts = parse_multipart(body, ctype)
+    assert [(p.name, p.filename, p.content_type) for p in parts] == [
+        ("image", "a.png", "image/png"), ("image", "b.png", "image/png"), ("meta", None, None)]
+    assert [p.data for p in parts[:2]] == pngs and parts[2].text() == '[{"person_id": 1}, {}]'
+    up = parse_upload(body, ctype, {}, allowed_fields=("meta",), max_files=2)
+    assert up.files == [("image[0] a.png", pngs[0]), ("image[1] b.png", pngs[1])]
+    assert up.fields == {"meta": '[{"person_id": 1}, {}]'}
+
+
+def one_part(head: bytes, data: bytes = b"7") -> tuple[bytes, str]:
+    return b"--x\r\n" + head + b"\r\n\r\n" + data + b"\r\n--x--\r\n", "multipart/form-data; boundary=x"
+
+
+def test_part_headers_in_any_case_with_extra_headers_and_quoted_or_rfc2231_filenames():
+    head = (b'content-disposition: FORM-DATA; name="image"; filename="f\\"o;.png"\r\nX-Trace: 1\r\n'
+            b"Content-Length: 1\r\nCONTENT-TYPE:image/png \r\nContent-Transfer-Encoding: binary")
+    [p] = parse_multipart(*one_part(head))
+    assert (p.name, p.filename, p.content_type, p.data) == ("image", 'f"o;.png', "image/png", b"7")
+    for disposition, filename in ((b"form-data; name=image; filename*=UTF-8''%C3%A4%20b.png", "\u00e4 b.png"),
+                                  ('form-data; name="image"; filename="\u00e4.png"'.encode(), "\u00e4.png")):
+        assert parse_multipart(*one_part(b"Content-Disposition: " + disposition))[0].filename == filename
+    with errors_with(400, "part 0 has a folded header line"):  # obsolete line folding
+        parse_multipart(*one_part(b'Content-Disposition: form-data;\r\n name="image"; filename="a.png"'))
+
+
+def test_truncated_multipart_is_a_400_wherever_it_is_cut():
+    body, ctype = encoded({"image": ("a.png", random_png(5), "image/png")}, {"k": "3"})
+    assert len(parse_multipart(body, ctype)) == 2
+    boundary = ctype.split("boundary=")[1]
+    for end in (10, body.index(b"\r\n\r\n") + 1, body.index(b"image/png") + 4, len(body) // 2, len(body) - 5):
+        with errors_with(400, f"no closing boundary '--{boundary}--'"):
+            parse_multipart(body[:end], ctype)
+    with errors_with(400, "no part before its closing boundary"):
+        parse_multipart(f"--{boundary}--\r\n".encode(), ctype)
 
 
 def test_parse_upload_forms_and_their_errors():
@@ -179,8 +221,8 @@ def test_gallery_search_matches_brute_force_and_snapshots_are_isolated():
     entries = [GalleryEntry(f"g{i}", i % 5, i % 2) for i in range(30)]
     empty = GalleryIndex.empty(8)
     assert empty.search(feats[:2], 3) == [[], []]
-    index = empty.add(entries[:20], list(range(20)), feats[:20]).add(entries[20:], list(range(20, 30)), feats[20:])
-    assert index.size == 30 and empty.size == 0 and index.images == tuple(range(30))
+    index = empty.add(entries[:20], feats[:20], "v1").add(entries[20:], feats[20:], "v1")
+    assert index.size == 30 and empty.size == 0 and index.versions == ("v1",) * 30
     q = rng.normal(size=(4, 8)).astype(np.float32)
     for metric in ("euclidean", "cosine"):
         res = index.search(q, [1, 5, 30, 50], metric)
@@ -192,29 +234,29 @@ def test_gallery_search_matches_brute_force_and_snapshots_are_isolated():
         assert [len(m) for m in res] == [1, 5, 30, 30]
     top = index.search(feats[7:8], 1)[0][0]
     assert top == {"gallery_id": "g7", "person_id": 2, "camera": 1, "distance": pytest.approx(0, abs=1e-2),
-                   "score": pytest.approx(1, abs=1e-2)}
+                   "score": pytest.approx(1, abs=1e-2), "model_version": "v1"}
 
     smaller = index.remove(["g7", "g0"])
     assert smaller.size == 28 and "g7" not in smaller and "g7" in index
     assert index.search(feats[7:8], 1)[0][0]["gallery_id"] == "g7"  # the old snapshot still sees it
     np.testing.assert_array_equal(smaller.features, np.delete(feats, [0, 7], axis=0))
-    grown = smaller.add([GalleryEntry("new")], ["img"], feats[:1])
+    grown = smaller.add([GalleryEntry("new")], feats[:1], "v1")
     np.testing.assert_array_equal(smaller.features, np.delete(feats, [0, 7], axis=0))  # untouched by the add
     assert grown.search(feats[:1], 1)[0][0]["gallery_id"] == "new"
 
 
 def test_gallery_errors_leave_it_unchanged():
-    index = GalleryIndex.empty(2).add([GalleryEntry("a"), GalleryEntry("b")], [0, 1], np.eye(2))
+    index = GalleryIndex.empty(2).add([GalleryEntry("a"), GalleryEntry("b")], np.eye(2), "v")
     with errors_with(409, "already in use.*'a'"):
-        index.add([GalleryEntry("a")], [0], np.zeros((1, 2)))
+        index.add([GalleryEntry("a")], np.zeros((1, 2)), "v")
     with errors_with(409, "'c'"):
-        index.add([GalleryEntry("c"), GalleryEntry("c")], [0, 1], np.zeros((2, 2)))
+        index.add([GalleryEntry("c"), GalleryEntry("c")], np.zeros((2, 2)), "v")
     with errors_with(404, "unknown gallery_id: \\['zz'\\]"):
         index.remove(["a", "zz"])
     with errors_with(507, "max_gallery_size=2"):
-        index.add([GalleryEntry("c")], [0], np.zeros((1, 2)), max_size=2)
+        index.add([GalleryEntry("c")], np.zeros((1, 2)), "v", max_size=2)
     with pytest.raises(ValueError, match="dim 3"):
-        index.add([GalleryEntry("c")], [0], np.zeros((1, 3)))
+        index.add([GalleryEntry("c")], np.zeros((1, 3)), "v")
     assert index.size == 2 and [e.gallery_id for e in index.entries] == ["a", "b"]
 
 
@@ -307,12 +349,14 @@ def rooted_strings(value, roots=()) -> list[str]:
 
 
 def test_reload_swaps_model_and_gallery_together_and_survives_bad_checkpoints(service_cfg, synthetic_tiny):
+    service_cfg.keep_images = True  # the new model re-embeds the gallery from the kept uploads
     svc = ReidService(service_cfg)
     roots = (service_cfg.checkpoint, os.path.dirname(service_cfg.checkpoint))
     t = InputTransform(H, W)
     recs = synthetic_tiny.gallery[:5]
-    images = [t(open(r.path, "rb").read(), max_pixels=10_000) for r in recs]
-    svc.add([GalleryEntry(f"g{i}", r.pid, r.camid) for i, r in enumerate(recs)], images)
+    raw = [open(r.path, "rb").read() for r in recs]
+    images = [t(b, max_pixels=10_000) for b in raw]
+    svc.add([GalleryEntry(f"g{i}", r.pid, r.camid) for i, r in enumerate(recs)], images, raw)
     old = svc.state
     assert svc.reload() is False  # nothing changed
 
@@ -323,8 +367,9 @@ def test_reload_swaps_model_and_gallery_together_and_survives_bad_checkpoints(se
     assert new.model.version != old.model.version and new.model.metrics == {"round": 1}
     np.testing.assert_allclose(new.index.features, new.model.embed(images), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(old.index.features, old.model.embed(images), rtol=1e-5, atol=1e-5)  # old snapshot intact
-    matches, version, size = svc.search(images[2:3], [1])
-    assert matches[0][0]["gallery_id"] == "g2" and version == new.model.version and size == 5
+    matches, version, size, stale = svc.search(images[2:3], [1])
+    assert matches[0][0]["gallery_id"] == "g2" and version == new.model.version and size == 5 and stale == 0
+    assert matches[0][0]["model_version"] == new.model.version
 
     with open(ckpt + ".tmp", "wb") as fh:
         fh.write(b"corrupt")
@@ -347,7 +392,7 @@ def test_reload_swaps_model_and_gallery_together_and_survives_bad_checkpoints(se
     assert info["last_error"]["code"] == "checkpoint_missing" and info["last_error"]["checkpoint_name"] == "missing.pt"
     assert info["checkpoint_name"] == "other.pt" and rooted_strings(info, roots) == []
     assert set(info) == {"model_version", "checkpoint_id", "checkpoint_name", "metrics", "loaded_at", "dim",
-                         "precision", "swaps", "last_error"}
+                         "precision", "swaps", "last_error", "stale", "reembedding"}
     assert svc.search(images[4:5], [1])[0][0][0]["gallery_id"] == "g4"
     state = svc.remove(["g4", "g0"])
     assert state.index.size == 3 and svc.search(images[4:5], [3])[0][0][0]["gallery_id"] != "g4"

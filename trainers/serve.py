@@ -62,27 +62,38 @@ def example_image(checkpoint: Optional[str]) -> Optional[str]:
     return None
 
 
-def curl_command(cfg: ServeConfig, image: Optional[str]) -> str:
-    """A ``curl`` that posts ``image`` (multipart field ``image``) to ``/embed`` on this machine."""
+def curl_command(cfg: ServeConfig, image: Optional[str], token: bool = False) -> str:
+    """A ``curl`` that posts ``image`` (multipart field ``image``) to ``/embed`` on this machine; with
+    ``token``, the bearer header reads the admin token from where the config says (never printed itself)."""
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     url = f"http://{host}:{cfg.port}{cfg.route_prefix.rstrip('/')}/embed"
-    return f"curl -s -F image=@{shlex.quote(image or 'PERSON.png')} {url}"
+    auth = ""
+    if token:
+        source = f"$(cat {shlex.quote(cfg.token_file)})" if cfg.token_file else "$REIDLOOP_TOKEN"
+        auth = f'-H "Authorization: Bearer {source}" '
+    return f"curl -s {auth}-F image=@{shlex.quote(image or 'PERSON.png')} {url}"
 
 
 def serve_forever(cfg: ServeConfig) -> None:
     from ray import serve
 
+    from reidloop.serving import Access, gallery_folder
     from services.ray_start import start_or_join
     from services.serve_app import deploy
 
+    access = Access.from_config(cfg)  # before Ray starts: exposed without a token is refused in one line
     if not os.environ.get("RAY_ADDRESS"):  # a cluster's Serve may hold the port already: that is its own
         check_port_free(cfg.host, cfg.port)
     start_or_join(include_dashboard=None)  # $RAY_ADDRESS's cluster, else a new local Ray (with its dashboard)
     url = deploy(cfg)
     print(f"serving {cfg.checkpoint} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
     image = example_image(cfg.checkpoint)
-    print(f"try:  {curl_command(cfg, image)}" + ("" if image else "   (PERSON.png: any image of a person)"),
-          flush=True)
+    folder = gallery_folder(cfg)
+    print(f"gallery: {folder or 'in memory only (persist_gallery: false)'}"
+          f"{' (uploaded images kept there)' if folder and cfg.keep_images else ''}; access: "
+          f"{'open on loopback (no token configured)' if access.open else 'bearer token required'}", flush=True)
+    print(f"try:  {curl_command(cfg, image, token=bool(access.admin))}"
+          + ("" if image else "   (PERSON.png: any image of a person)"), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -78,12 +78,32 @@ class ServeConfig:
     batching: bool = True
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.005
+    # The gallery on disk (reidloop/serving/store.py): Parquet parts reloaded on start. gallery_dir None:
+    # gallery/ in the served run folder (beside a checkpoint file: <stem>.gallery/). persist_gallery false:
+    # in memory only, lost on restart.
+    gallery_dir: Optional[str] = None
+    persist_gallery: bool = True
+    # Keep each uploaded image (its bytes, on disk in gallery_dir/images/) so that a model swap re-embeds the
+    # gallery in the background. Off: only embeddings are kept, and after a swap the entries the new model
+    # did not embed are stale (not searched) until uploaded again. Images of people: keep them only if allowed.
+    keep_images: bool = False
+    # Access (reidloop/serving/access.py). Tokens come from files or the environment, never from this config:
+    # admin (everything) from token_file or $REIDLOOP_TOKEN, read-only (/embed, /search without person ids
+    # and cameras, /version) from read_token_file or $REIDLOOP_READ_TOKEN. With a token configured every
+    # route but /health needs "Authorization: Bearer <token>"; a host other than loopback needs one.
+    token_file: Optional[str] = None
+    read_token_file: Optional[str] = None
     # Input limits (bad input gets a 4xx, never an exception in the replica).
-    max_body_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 4096 * 4096  # decompression-bomb guard on width × height
-    max_files: int = 64  # images per POST /gallery/batch
+    max_body_bytes: int = 10 * 1024 * 1024  # per request: 413 beyond it (bodies are read up to it, no further)
+    max_pixels: int = 4096 * 4096  # per image, width × height read from the header before decoding: 413
+    max_request_pixels: int = 64 * 1024 * 1024  # all images of one request together: 413
+    max_files: int = 64  # images per POST /gallery/batch: 422 beyond it
     max_k: int = 100
-    max_gallery_size: int = 100_000
+    max_gallery_size: int = 100_000  # 507 beyond it
+    # Requests each ingress replica handles at once (bodies being read included); beyond it 429 with
+    # Retry-After. Bounds the memory of buffered bodies to about max_in_flight × max_body_bytes.
+    max_in_flight: int = 32
+    request_timeout_s: float = 60.0  # a request not answered in this time gets 503 (its work is cancelled)
     ingress: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256))
     embedder: DeploymentConfig = field(default_factory=DeploymentConfig)
     gallery: DeploymentConfig = field(default_factory=DeploymentConfig)  # holds the index: one replica
@@ -98,7 +118,12 @@ class ServeConfig:
                "must be >= 1")
         _check(self.max_batch_size >= 1, "max_batch_size", self.max_batch_size, "must be >= 1")
         _check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", self.batch_wait_timeout_s, "must be >= 0")
-        for name in ("max_body_bytes", "max_pixels", "max_files", "max_k", "max_gallery_size"):
+        _check(self.request_timeout_s > 0, "request_timeout_s", self.request_timeout_s, "must be > 0")
+        _check(self.max_in_flight <= self.ingress.max_ongoing_requests, "max_in_flight", self.max_in_flight,
+               f"must be <= ingress.max_ongoing_requests={self.ingress.max_ongoing_requests} (else Serve queues "
+               "what should be refused)")
+        for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "max_files", "max_k",
+                     "max_gallery_size", "max_in_flight"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
         for name in ("embedder", "gallery"):
             dep = getattr(self, name)

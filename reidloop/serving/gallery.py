@@ -1,4 +1,4 @@
-"""The searchable gallery: ids with optional person id and camera, their images and embeddings.
+"""The searchable gallery: ids with optional person id and camera, their embeddings and the model that made each.
 
 A :class:`GalleryIndex` is a *snapshot*: ``add`` / ``remove`` / ``with_features`` return a new index
 and never change what an existing one returns, so a search running on one snapshot is unaffected
@@ -62,13 +62,26 @@ def make_entry(gallery_id: Any = None, person_id: Any = None, camera: Any = None
 class GalleryIndex:
     """Immutable view of the gallery; see the module docstring."""
 
-    def __init__(self, entries: tuple[GalleryEntry, ...], images: tuple[Any, ...], buffer: np.ndarray,
+    def __init__(self, entries: tuple[GalleryEntry, ...], versions: tuple[str, ...], buffer: np.ndarray,
                  positions: dict[str, int]) -> None:
-        self._entries, self._images, self._buffer, self._positions = entries, images, buffer, positions
+        self._entries, self._versions, self._buffer, self._positions = entries, versions, buffer, positions
+        self._stale_masks: dict[str, np.ndarray] = {}  # by model version (an index never changes)
 
     @classmethod
     def empty(cls, dim: int) -> "GalleryIndex":
         return cls((), (), np.empty((0, dim), np.float32), {})
+
+    @classmethod
+    def of(cls, entries: Sequence[GalleryEntry], versions: Sequence[str], features: np.ndarray) -> "GalleryIndex":
+        """An index holding ``entries`` (unique ids) with their embeddings and the model versions that made them."""
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if not (len(entries) == len(versions) == features.shape[0]) or features.ndim != 2:
+            raise ValueError(f"of: {len(entries)} entries, {len(versions)} versions and features of shape "
+                             f"{features.shape} do not match")
+        positions = {e.gallery_id: i for i, e in enumerate(entries)}
+        if len(positions) != len(entries):
+            raise ValueError("of: repeated gallery ids")
+        return cls(tuple(entries), tuple(versions), features, positions)
 
     @property
     def size(self) -> int:
@@ -83,9 +96,22 @@ class GalleryIndex:
         return self._entries
 
     @property
-    def images(self) -> tuple[Any, ...]:
-        """The stored model inputs (whatever the caller added: here uint8 image tensors), in order."""
-        return self._images
+    def versions(self) -> tuple[str, ...]:
+        """The model version (checkpoint id) that made each entry's embedding, in order."""
+        return self._versions
+
+    def stale_mask(self, version: str) -> np.ndarray:
+        """Which entries were embedded by a model other than ``version`` (not searchable with it)."""
+        mask = self._stale_masks.get(version)
+        if mask is None:
+            mask = np.fromiter((v != version for v in self._versions), bool, self.size)
+            mask.flags.writeable = False
+            self._stale_masks[version] = mask
+        return mask
+
+    def stale(self, version: str) -> list[str]:
+        """Ids of the entries embedded by a model other than ``version``."""
+        return [self._entries[i].gallery_id for i in np.flatnonzero(self.stale_mask(version))]
 
     @property
     def features(self) -> np.ndarray:
@@ -96,30 +122,31 @@ class GalleryIndex:
     def __contains__(self, gallery_id: str) -> bool:
         return gallery_id in self._positions
 
-    def add(self, entries: Sequence[GalleryEntry], images: Sequence[Any], features: np.ndarray,
-            max_size: Optional[int] = None) -> "GalleryIndex":
-        """A new index with ``entries`` appended (409 on a duplicate id, 507 beyond ``max_size``)."""
+    def add(self, entries: Sequence[GalleryEntry], features: np.ndarray, version: str,
+            max_size: Optional[int] = None, replace: Sequence[str] = ()) -> "GalleryIndex":
+        """A new index with ``entries`` (embedded by model ``version``) appended; ids in ``replace`` are
+        dropped first (a stale entry uploaded again). 409 on a duplicate id, 507 beyond ``max_size``."""
         features = np.asarray(features, dtype=np.float32)
-        if not (len(entries) == len(images) == features.shape[0]) or features.ndim != 2:
-            raise ValueError(f"add: {len(entries)} entries, {len(images)} images and features of shape "
-                             f"{features.shape} do not match")
+        if len(entries) != features.shape[0] or features.ndim != 2:
+            raise ValueError(f"add: {len(entries)} entries and features of shape {features.shape} do not match")
         if features.shape[1] != self.dim:
             raise ValueError(f"add: features have dim {features.shape[1]}, the index has {self.dim}")
+        base = self.remove(list(replace)) if replace else self
         ids = [e.gallery_id for e in entries]
-        taken = sorted({i for i, c in Counter(ids).items() if c > 1 or i in self._positions})
+        taken = sorted({i for i, c in Counter(ids).items() if c > 1 or i in base._positions})
         if taken:
             raise ServingError(409, f"gallery_id already in use (or repeated in the request): {taken[:20]}")
-        n, m = self.size, len(entries)
+        n, m = base.size, len(entries)
         if max_size is not None and n + m > max_size:
             raise ServingError(507, f"gallery is full: {n} + {m} images exceed max_gallery_size={max_size}")
-        buffer = self._buffer
+        buffer = base._buffer
         if n + m > buffer.shape[0]:
             buffer = np.empty((max(2 * buffer.shape[0], n + m, 16), self.dim), np.float32)
-            buffer[:n] = self._buffer[:n]
+            buffer[:n] = base._buffer[:n]
         buffer[n:n + m] = features  # rows no existing snapshot reads (each reads only its first `size`)
-        positions = dict(self._positions)
+        positions = dict(base._positions)
         positions.update((gid, n + j) for j, gid in enumerate(ids))
-        return GalleryIndex(self._entries + tuple(entries), self._images + tuple(images), buffer, positions)
+        return GalleryIndex(base._entries + tuple(entries), base._versions + (version,) * m, buffer, positions)
 
     def remove(self, gallery_ids: Sequence[str]) -> "GalleryIndex":
         """A new index without ``gallery_ids``; 404 naming the unknown ones (then nothing is removed)."""
@@ -131,21 +158,25 @@ class GalleryIndex:
         drop[[self._positions[g] for g in gallery_ids]] = True
         keep = np.flatnonzero(~drop)
         entries = tuple(self._entries[i] for i in keep)
-        return GalleryIndex(entries, tuple(self._images[i] for i in keep), self._buffer[keep],
+        return GalleryIndex(entries, tuple(self._versions[i] for i in keep), self._buffer[keep],
                             {e.gallery_id: j for j, e in enumerate(entries)})
 
-    def with_features(self, features: np.ndarray) -> "GalleryIndex":
-        """The same entries with new embeddings (after a model swap; the dimension may change)."""
+    def with_features(self, features: np.ndarray, version: str) -> "GalleryIndex":
+        """The same entries with new embeddings, all made by model ``version`` (the dimension may change)."""
         features = np.ascontiguousarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[0] != self.size:
             raise ValueError(f"with_features: expected ({self.size}, D) features, got {features.shape}")
-        return GalleryIndex(self._entries, self._images, features, self._positions)
+        return GalleryIndex(self._entries, (version,) * self.size, features, self._positions)
 
-    def search(self, queries: np.ndarray, k: int | Sequence[int], metric: str = "euclidean") -> list[list[dict]]:
+    def search(self, queries: np.ndarray, k: int | Sequence[int], metric: str = "euclidean",
+               version: Optional[str] = None) -> list[list[dict]]:
         """The ``k`` nearest entries of each query row, nearest first (``k`` per query or one for all).
 
-        Each match: ``gallery_id``, ``person_id``, ``camera`` (None when unknown), ``distance`` and
-        ``score = 1 / (1 + distance)`` (in (0, 1], higher is more similar). Ties keep insertion order.
+        Only entries embedded by model ``version`` are ranked (when given): a query embedded by one model
+        is never compared with another model's vectors. Each match: ``gallery_id``, ``person_id``,
+        ``camera`` (None when unknown), ``distance``, ``score = 1 / (1 + distance)`` (in (0, 1], higher is
+        more similar) and ``model_version``. Ties keep insertion order. One matrix product for all queries
+        (``pairwise_distance``), then a partial sort: O(queries × size × dim).
         """
         queries = np.asarray(queries, dtype=np.float32)
         ks = [k] * queries.shape[0] if isinstance(k, int) else list(k)
@@ -154,7 +185,15 @@ class GalleryIndex:
         if self.size == 0:
             return [[] for _ in ks]
         dist = pairwise_distance(queries, self.features, metric)
-        top = min(max(ks), self.size)
+        searchable = self.size
+        if version is not None:
+            stale = self.stale_mask(version)
+            if stale.any():
+                dist = np.where(stale[None, :], np.inf, dist)
+                searchable = int((~stale).sum())
+        top = min(max(ks), searchable)
+        if top == 0:
+            return [[] for _ in ks]
         if top < self.size:
             cand = np.argpartition(dist, top - 1, axis=1)[:, :top]
         else:
@@ -169,6 +208,6 @@ class GalleryIndex:
             for i, d in zip(row[:kq].tolist(), row_d[:kq].tolist()):
                 e = self._entries[i]
                 matches.append({"gallery_id": e.gallery_id, "person_id": e.person_id, "camera": e.camera,
-                                "distance": d, "score": 1.0 / (1.0 + d)})
+                                "distance": d, "score": 1.0 / (1.0 + d), "model_version": self._versions[i]})
             out.append(matches)
         return out

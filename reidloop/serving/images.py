@@ -42,9 +42,7 @@ def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image.
         raise ServingError(400, f"{what}: empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data), formats=FORMATS) as img:
-            if img.width * img.height > max_pixels:
-                raise ServingError(413, f"{what}: {img.width}x{img.height} = {img.width * img.height} pixels "
-                                        f"exceed the limit of {max_pixels}")
+            _check_pixels(img, max_pixels, what)
             img.load()
             return img.convert("RGB")
     except ServingError:
@@ -58,6 +56,31 @@ def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> Image.
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ServingError(400, f"{what}: cannot decode image, truncated or corrupt ({len(data)} bytes): "
                                 f"{detail}") from None
+
+
+def _check_pixels(img: Image.Image, max_pixels: int, what: str) -> None:
+    if img.width * img.height > max_pixels:
+        raise ServingError(413, f"{what}: {img.width}x{img.height} = {img.width * img.height} pixels "
+                                f"exceed the limit of {max_pixels}")
+
+
+def check_request_pixels(files: list[tuple[str, bytes]], max_request_pixels: int, max_pixels: int) -> None:
+    """413 when one image holds more than ``max_pixels`` or the images of one request more than
+    ``max_request_pixels`` together, read from their headers before anything is decoded. Files that do not
+    open are left to :func:`decode_image` to report."""
+    total = 0
+    for name, data in files:
+        try:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as img:
+                size = img.width * img.height
+        except Exception:
+            continue
+        if size > max_pixels:
+            raise ServingError(413, f"{name}: {size} pixels exceed the limit of {max_pixels}")
+        total += size
+        if total > max_request_pixels:
+            raise ServingError(413, f"the {len(files)} images of this request hold more than "
+                                    f"max_request_pixels={max_request_pixels} pixels together")
 
 
 class InputTransform:
