@@ -7,9 +7,10 @@ how ``services/ray_train.py`` hands the model to Ray Train).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import ray
@@ -20,6 +21,7 @@ from reidloop.engine.features import extract_features
 from reidloop.engine.precision import resolve_device, resolve_precision
 from reidloop.models import ReidNet
 
+from .progress import Reporter
 from .ray_calls import wait
 
 
@@ -37,12 +39,15 @@ def model_from_payload(payload: dict) -> ReidNet:
 
 
 def _embed_shard(payload: dict, records: list[ImageRecord], height: int, width: int, amp: str,
-                 batch_size: int, num_workers: int) -> np.ndarray:
+                 batch_size: int, num_workers: int, reporter: Optional[Reporter] = None,
+                 part: int = 0) -> np.ndarray:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     model = model_from_payload(payload)
-    precision = resolve_precision(amp, resolve_device("auto"))
-    return extract_features(model, records, height=height, width=width, precision=precision,
-                            batch_size=batch_size, num_workers=num_workers, progress=False)
+    on_batch = None if reporter is None else lambda done, total: reporter.update(part, done, total, wait=done == total)
+    with reporter.forwarding(f"embedding shard {part}") if reporter is not None else contextlib.nullcontext():
+        precision = resolve_precision(amp, resolve_device("auto"))
+        return extract_features(model, records, height=height, width=width, precision=precision,
+                                batch_size=batch_size, num_workers=num_workers, progress=False, on_batch=on_batch)
 
 
 _embed_task = ray.remote(_embed_shard)
@@ -57,14 +62,15 @@ def shard_bounds(n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
 
 def embed_records(model: torch.nn.Module, records: Sequence[ImageRecord], *, height: int, width: int,
                   amp: str, batch_size: int, num_workers: int, shards: int, num_cpus: float,
-                  num_gpus: float, timeout_s: float = 7200.0) -> np.ndarray:
-    """The model's eval-mode embedding of every record, in order, computed by up to ``shards`` tasks."""
+                  num_gpus: float, timeout_s: float = 7200.0, reporter: Optional[Reporter] = None) -> np.ndarray:
+    """The model's eval-mode embedding of every record, in order, computed by up to ``shards`` tasks; each
+    reports its batches to ``reporter`` (one part per shard) and forwards our log lines through it."""
     records = list(records)
     bounds = shard_bounds(len(records), batch_size, shards)
     if not bounds:
         return np.empty((0, model.embed_dim), dtype=np.float32)
     ref = ray.put(model_payload(model))
     task = _embed_task.options(num_cpus=num_cpus, num_gpus=num_gpus)
-    parts = wait([task.remote(ref, records[a:b], height, width, amp, batch_size, num_workers)
-                  for a, b in bounds], timeout_s, f"feature extraction of {len(records)} images")
+    parts = wait([task.remote(ref, records[a:b], height, width, amp, batch_size, num_workers, reporter, i)
+                  for i, (a, b) in enumerate(bounds)], timeout_s, f"feature extraction of {len(records)} images")
     return np.concatenate(parts)

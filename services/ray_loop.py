@@ -9,7 +9,8 @@
   driver) over ``ray.env_workers`` environment workers in lock-step (``services/env_workers.py``):
   deterministic, and identical to the one-process loop with one worker;
 * feature extraction runs as Ray tasks over shards, pre-training and fine-tuning through Ray Train
-  (``services/ray_train.py``).
+  (``services/ray_train.py``); their progress bars and our log lines made in them are shown by this driver
+  (``services/progress.py``: the workers' own console output does not reach it, ``log_to_driver=False``).
 
 Round checkpoints, outputs and resume-by-replay are the core loop's: a killed driver started again
 with the same config continues from the answer log and the last completed round. A restarted agent or
@@ -40,6 +41,7 @@ from .agent_service import AgentService, RemoteStrategy
 from .embedding import embed_records
 from .env_workers import EnvWorker, LostActorState, RemoteSlots
 from .labelling_service import ServiceOracle, start_labelling_service
+from .progress import Relay
 from .ray_calls import died
 from .ray_start import start_or_join
 from .ray_train import fit_finetune, fit_pretrain
@@ -64,6 +66,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         self.service: ServiceOracle | None = None
         self.workers: list = []
         self.recoveries: list[str] = []  # one line per round replayed after losing an actor's state
+        self.relay = Relay()  # the workers' progress and log lines, shown here (services/progress.py)
 
     def close(self) -> None:
         self.shutdown()
@@ -88,6 +91,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         for handle in handles:
             ray.kill(handle, no_restart=True)
         self.workers, self.agent, self.service = [], None, None
+        self.relay.close()
 
     @property
     def run_tag(self) -> str:
@@ -99,7 +103,9 @@ class RayActiveLearningLoop(ActiveLearningLoop):
 
     # ---- the override points of ActiveLearningLoop
     def pretrain(self, model, labelled) -> None:
-        history = fit_pretrain(model, labelled, self.job, name=f"{self.run_tag}-pretrain")
+        with self.relay.watching("pre-training", "pre-training", self.job.pretrain.epochs, self.progress,
+                                 unit="epoch") as reporter:
+            history = fit_pretrain(model, labelled, self.job, name=f"{self.run_tag}-pretrain", reporter=reporter)
         if history:
             log.info("pre-trained %d epochs on %d images through Ray Train (%d workers): loss %.4f",
                      len(history), len(labelled), self.job.ray.train_workers, history[-1]["loss"])
@@ -129,10 +135,12 @@ class RayActiveLearningLoop(ActiveLearningLoop):
 
     def embed(self, model, records, desc: str) -> np.ndarray:
         job, cfg = self.job, self.job.ray
-        return embed_records(model, records, height=job.data.height, width=job.data.width, amp=job.eval.amp,
-                             batch_size=job.eval.batch_size, num_workers=job.data.num_workers,
-                             shards=cfg.train_workers, num_cpus=cfg.cpus_per_train_worker,
-                             num_gpus=1 if cfg.use_gpu else 0, timeout_s=cfg.task_timeout_s)
+        batches = -(-len(records) // job.eval.batch_size)
+        with self.relay.watching(desc, "embedding", batches, self.progress) as reporter:
+            return embed_records(model, records, height=job.data.height, width=job.data.width, amp=job.eval.amp,
+                                 batch_size=job.eval.batch_size, num_workers=job.data.num_workers,
+                                 shards=cfg.train_workers, num_cpus=cfg.cpus_per_train_worker,
+                                 num_gpus=1 if cfg.use_gpu else 0, timeout_s=cfg.task_timeout_s, reporter=reporter)
 
     def finetune(self, model, pool, mode: str, round_: int, pairs: tuple, pids: np.ndarray,
                  truth: Optional[np.ndarray] = None):
@@ -141,8 +149,10 @@ class RayActiveLearningLoop(ActiveLearningLoop):
                              pool_labels=pids, truth=truth)
         if data is None or self.job.finetune.epochs == 0:
             return FinetuneStats(0, 0, 0.0, 0.0, 0.0)
-        return fit_finetune(model, pool, self.job, data, seed=self.job.seed + round_,
-                            name=f"{self.run_tag}-round{round_}-finetune")
+        desc = f"round {round_} fine-tune"
+        with self.relay.watching(desc, "fine-tuning", None, self.progress, unit="step") as reporter:
+            return fit_finetune(model, pool, self.job, data, seed=self.job.seed + round_,
+                                name=f"{self.run_tag}-round{round_}-finetune", reporter=reporter)
 
     def warm_start(self, strategy, features: np.ndarray, pids: np.ndarray) -> WarmStartStats:
         """The warm-up episodes run inside the agent actor, where the agent lives."""

@@ -16,9 +16,13 @@
   with ``--verbose`` (``services.ray_start.verbose``).
 * The model goes in as an object ref of its CPU state dict; the final checkpoint's weights are loaded
   back into the driver's model.
+* Progress and our log lines: rank 0 reports its steps (fine-tuning) or epochs (pre-training), and every
+  worker forwards the records of our loggers, to a ``services.progress.Reporter`` the driver watches (the
+  workers' own console output stays in Ray's log files: ``log_to_driver=False``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -43,6 +47,7 @@ from reidloop.engine.precision import checked_precision, resolve_precision
 from reidloop.engine.train import make_optimizer, train_epoch, train_loader, warmup_factor
 from reidloop.models import ReidNet
 from .embedding import model_from_payload, model_payload
+from .progress import Reporter
 from .ray_start import verbose
 
 STATE_FILE = "state.pt"
@@ -104,8 +109,29 @@ def _scaler(precision):
 
 
 # ------------------------------------------------------------ the per-worker loops
+def _forwarding(config: dict, what: str):
+    """Our log lines of this worker to the driver (``config["reporter"]``, :mod:`services.progress`)."""
+    reporter = config.get("reporter")
+    if reporter is None:
+        return contextlib.nullcontext()
+    return reporter.forwarding(f"{what} worker {ray.train.get_context().get_world_rank()}")
+
+
 def finetune_loop(config: dict) -> None:
-    """Fine-tuning on answered pairs (or all labels), one Ray Train worker's share."""
+    """Fine-tuning on answered pairs (or all labels), one Ray Train worker's share; rank 0 reports its steps
+    to ``config["reporter"]`` (if any)."""
+    with _forwarding(config, "fine-tune"):
+        _finetune_loop(config)
+
+
+def pretrain_loop(config: dict) -> None:
+    """Supervised P×K training (CE + batch-hard triplet, Eq. 1–3), one Ray Train worker's share; rank 0 reports
+    its epochs to ``config["reporter"]`` (if any)."""
+    with _forwarding(config, "pre-training"):
+        _pretrain_loop(config)
+
+
+def _finetune_loop(config: dict) -> None:
     rank, world, device = _worker_context()
     cfg, data, seed = config["cfg"], config["data"], config["seed"]
     raw = model_from_payload(ray.get(config["model"]))
@@ -116,18 +142,24 @@ def finetune_loop(config: dict) -> None:
     stats = FinetuneStats(**extra) if extra else FinetuneStats(0, 0, 0.0, 0.0, 0.0)
     model = ray.train.torch.prepare_model(raw, parallel_strategy_kwargs={"find_unused_parameters": True})
     dataset = ReidImageDataset(config["pool"], build_transforms(config["height"], config["width"], train=True))
+    reporter = config.get("reporter") if rank == 0 else None  # the steps are every rank's, in lock-step
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(epoch_seed(seed, epoch, rank))
-        for batch in shard(epoch_batches(data, cfg, seed, epoch), rank, world):
+        mine = shard(epoch_batches(data, cfg, seed, epoch), rank, world)
+        total = stats.batches + len(mine) * (cfg.epochs - epoch)  # (later epochs' sizes guessed from this one's)
+        for batch in mine:
             stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler,
                                                     step=stats.batches))
+            if reporter is not None:
+                reporter.update(0, stats.batches, total)
+        if reporter is not None:
+            reporter.update(0, stats.batches, stats.batches if epoch == cfg.epochs - 1 else total, wait=True)
         _report({"batches": stats.batches}, epoch, raw, optimizer, scaler, asdict(stats), rank)
     if start >= cfg.epochs:  # restored from the final checkpoint: register it again as this run's result
         _report({"batches": stats.batches}, cfg.epochs - 1, raw, optimizer, scaler, asdict(stats), rank)
 
 
-def pretrain_loop(config: dict) -> None:
-    """Supervised P×K training (CE + batch-hard triplet, Eq. 1–3), one Ray Train worker's share."""
+def _pretrain_loop(config: dict) -> None:
     rank, world, device = _worker_context()
     cfg = config["cfg"]
     raw = model_from_payload(ray.get(config["model"]))
@@ -151,6 +183,8 @@ def pretrain_loop(config: dict) -> None:
         mine = DataLoader(loader.dataset, batch_sampler=batches, num_workers=config["num_workers"])
         stats = train_epoch(model, mine, optimizer, cfg, precision, epoch, scaler, progress=False)
         history.append(asdict(stats))
+        if rank == 0 and config.get("reporter") is not None:
+            config["reporter"].update(0, epoch + 1, cfg.epochs, wait=True)
         _report(asdict(stats), epoch, raw, optimizer, scaler, {"history": history}, rank)
     if start >= cfg.epochs:
         _report({}, cfg.epochs - 1, raw, optimizer, scaler, {"history": history}, rank)
@@ -187,23 +221,26 @@ def _load_weights(model: ReidNet, state: dict) -> None:
 
 
 def fit_finetune(model: ReidNet, pool: Sequence[ImageRecord], job: LoopJob, data: FinetuneData, seed: int,
-                 name: str) -> FinetuneStats:
-    """Fine-tune ``model`` in place through Ray Train; same batches and seeds as ``reidloop.active.finetune``."""
+                 name: str, reporter: Optional[Reporter] = None) -> FinetuneStats:
+    """Fine-tune ``model`` in place through Ray Train; same batches and seeds as ``reidloop.active.finetune``.
+    ``reporter``: where the workers report their steps and forward our log lines (:mod:`services.progress`)."""
     start = time.perf_counter()
     model.reset_classifier(0)
     config = {"model": ray.put(model_payload(model)), "cfg": job.finetune, "data": data, "seed": seed,
-              "pool": list(pool), "height": job.data.height, "width": job.data.width}
+              "pool": list(pool), "height": job.data.height, "width": job.data.width, "reporter": reporter}
     state = _fit(finetune_loop, config, job.ray, name)
     _load_weights(model, state["model"])
     model.eval()
     return FinetuneStats(**state["extra"]).finish(time.perf_counter() - start)
 
 
-def fit_pretrain(model: ReidNet, records: Sequence[ImageRecord], job: LoopJob, name: str) -> list[dict]:
-    """Supervised pre-training of ``model`` (classifier over the records' ids) in place; the epoch history."""
+def fit_pretrain(model: ReidNet, records: Sequence[ImageRecord], job: LoopJob, name: str,
+                 reporter: Optional[Reporter] = None) -> list[dict]:
+    """Supervised pre-training of ``model`` (classifier over the records' ids) in place; the epoch history.
+    ``reporter``: as :func:`fit_finetune`'s (epochs)."""
     config = {"model": ray.put(model_payload(model)), "cfg": job.pretrain, "records": list(records),
               "height": job.data.height, "width": job.data.width, "num_workers": job.data.num_workers,
-              "skip_bad": job.data.skip_bad_images}
+              "skip_bad": job.data.skip_bad_images, "reporter": reporter}
     state = _fit(pretrain_loop, config, job.ray, name)
     _load_weights(model, state["model"])
     return state["extra"]["history"]

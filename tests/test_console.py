@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 # cleaner's warnings.
 RAY_INTERNALS = re.compile(r"Ray Train Controller|PlacementGroupCleaner|worker\.py:\d+|INFO \S+\.py:\d+ -- |"
                            r"pid=\d+[,)]|Found multiple active Ray instances")
+WORKER_LINE = re.compile(r" (?:WARNING|INFO) (?:reidloop|services)\S*: \((?:embedding shard|fine-tune worker|"
+                         r"pre-training worker) \d+\) ")
 ROUND = re.compile(r"round (\d+): \d+/\d+ answers  mAP \d+\.\d%  rank-1 \d+\.\d%  elapsed \d+m\d\ds$")  # (logged)
 
 
@@ -40,7 +42,7 @@ def run_job(tmp_path: Path, checkpoint: str, name: str, *flags: str) -> tuple[su
         "ray.storage_path": str(tmp_path / "storage")})
     config = tmp_path / f"{name}.yaml"
     save_config(job, config)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "REIDLOOP_VERBOSE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "REIDLOOP_VERBOSE", "REIDLOOP_PROGRESS")}
     env.update({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray_token"),
                 # Ray Train's controller polls every 2 s by default; no preemption watcher for a tiny run
                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"})
@@ -51,11 +53,18 @@ def run_job(tmp_path: Path, checkpoint: str, name: str, *flags: str) -> tuple[su
 
 @pytest.mark.slow
 def test_the_main_job_prints_its_progress_and_outputs_and_ray_only_when_verbose(tmp_path, tiny_checkpoint):
-    done, out = run_job(tmp_path, tiny_checkpoint, "quiet")
+    done, out = run_job(tmp_path, tiny_checkpoint, "quiet", "--progress")  # bars forced: stderr is no terminal
     lines = (done.stdout + done.stderr).splitlines()
     assert done.returncode == 0, "\n".join(lines[-60:])
     noise = [line for line in lines if RAY_INTERNALS.search(line)]
     assert noise == [], "Ray's own output on the console:\n" + "\n".join(noise[:40])
+    # the bars of the work done in Ray tasks and Ray Train workers, drawn by the driver (services/progress.py)
+    drawn = bars(done.stderr)
+    assert {"pool", "query", "gallery", "round 1 queries", "round 1 fine-tune", "round 2 fine-tune"} <= drawn, drawn
+    assert re.search(r"round 2 fine-tune: 100%\|[^\r\n]*\| (\d+)/\1 \[", done.stderr), "the fine-tune bar never ends"
+    # our log lines made in workers (e.g. the autocast fallback), forwarded by the driver, each once
+    forwarded = [line.split(") ", 1)[1] for line in lines if WORKER_LINE.search(line)]
+    assert len(forwarded) == len(set(forwarded)), forwarded
     rounds = [int(m.group(1)) for m in map(ROUND.search, lines) if m]  # one line a round (the loop's log)
     assert rounds == [1, 2], "\n".join(lines)
     stdout = done.stdout.splitlines()
@@ -73,6 +82,7 @@ def test_the_main_job_prints_its_progress_and_outputs_and_ray_only_when_verbose(
     assert loud.returncode == 0, "\n".join(lines[-60:])
     assert any(RAY_INTERNALS.search(line) for line in lines), "--verbose showed nothing of Ray:\n" + "\n".join(lines)
     assert sum(bool(ROUND.search(line)) for line in lines) == 2
+    assert bars(loud.stderr) == set()  # not forced, and stderr is no terminal: no bar in a log
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
@@ -172,3 +182,152 @@ def test_expected_errors_end_in_one_line_naming_what_to_do(monkeypatch, tmp_path
     remote = RayTaskError("embed", "Traceback (most recent call last):\n  ...", full).as_instanceof_cause()
     assert exit_message(remote) == cases[full]
     assert exit_message(RuntimeError("a bug")) is None  # anything else keeps its traceback
+
+
+# ------------------------------------------------------------------ progress bars (issue 19, Build 2)
+BAR = re.compile(r"(?:^|\r)([^\r\n:]+?): +\d+%\|", re.M)  # a tqdm frame: "<desc>:  40%|████      | 2/5 [...]"
+
+
+def bars(stderr: str) -> set[str]:
+    """The descriptions of the tqdm bars drawn on ``stderr``."""
+    return {m.group(1).strip() for m in BAR.finditer(stderr)}
+
+
+def job_env(tmp_path: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "REIDLOOP_VERBOSE", "REIDLOOP_PROGRESS", "TQDM_DISABLE")}
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN_PATH": str(tmp_path / "ray_token"), **extra})
+    return env
+
+
+@pytest.mark.slow
+def test_the_in_process_job_draws_embedding_and_fine_tune_bars_when_forced(tmp_path, tiny_checkpoint):
+    out = tmp_path / "local"
+    config = tmp_path / "local.yaml"
+    save_config(tiny_job(out, tiny_checkpoint, tmp_path / "cache", strategy="random"), config)
+    done = subprocess.run([sys.executable, "-m", "trainers.run_job", "--config", str(config), "--local", "--progress"],
+                          cwd=REPO, env=job_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    drawn = bars(done.stderr)
+    assert {"pool", "query", "gallery", "round 1 queries", "round 1 fine-tune", "round 2 fine-tune"} <= drawn, drawn
+    assert re.search(r"round 1 fine-tune: 100%\|[^\r\n]*\| (\d+)/\1 \[", done.stderr), "the fine-tune bar never ends"
+    assert not BAR.search(done.stdout)  # bars go to stderr only
+
+
+def test_bars_are_drawn_on_a_terminal_or_when_forced_never_into_a_file(monkeypatch, tmp_path):
+    import io
+
+    from reidloop.progress import PROGRESS_ENV, bar, shown
+
+    monkeypatch.setenv(PROGRESS_ENV, "")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    with open(tmp_path / "log", "w") as log_file:
+        monkeypatch.setattr(sys, "stderr", log_file)
+        assert not shown() and bar(3, "pool").disable  # a log file: no bar
+        assert bar(3, "pool", enabled=False) is None  # --quiet
+        monkeypatch.setenv(PROGRESS_ENV, "1")  # --progress
+        assert shown() and not bar(3, "pool").disable
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setenv(PROGRESS_ENV, "0")
+    assert not shown()
+
+
+def test_the_progress_flag_forces_bars_and_quiet_wins(monkeypatch):
+    from reidloop.progress import PROGRESS_ENV, forced
+    from trainers.cli import parser, progress
+
+    for flags, on in ((["--progress"], True), (["--progress", "--quiet"], False), ([], False)):
+        monkeypatch.setenv(PROGRESS_ENV, "")  # (restored after the test)
+        progress(parser("").parse_args(flags))
+        assert forced() is on, flags
+
+
+@pytest.mark.slow
+def test_our_log_lines_and_progress_in_a_ray_worker_reach_the_driver(ray_session, caplog):
+    """The session's Ray has log_to_driver=False, as the entry points start it: a worker's output would be lost."""
+    import logging
+
+    import ray
+
+    from services.progress import Relay
+
+    @ray.remote(num_cpus=0)
+    def work(reporter, steps):
+        with reporter.forwarding("test worker"):
+            for step in range(1, steps + 1):
+                reporter.update("shard", step, steps, wait=step == steps)
+            logging.getLogger("reidloop.engine.precision").warning("bf16 autocast computes ReidNet wrongly: using fp32")
+            logging.getLogger("ray.train").warning("Ray's own line: not forwarded")
+        return steps
+
+    relay = Relay()
+    seen: dict = {}
+    try:
+        with caplog.at_level(logging.INFO):
+            with relay.watching("pool", "embedding", total=4, progress=False) as reporter:
+                assert ray.get(work.remote(reporter, 4), timeout=120) == 4
+            seen = ray.get(relay.handle.drain.remote(reporter.topic), timeout=60)
+    finally:
+        relay.close()
+    forwarded = [(r.name, r.levelno, r.getMessage()) for r in caplog.records if "test worker" in r.getMessage()]
+    assert forwarded == [("reidloop.engine.precision", logging.WARNING,
+                          "(test worker) bf16 autocast computes ReidNet wrongly: using fp32")]
+    assert seen == ({}, [])  # read by the driver when the block ended, and forgotten
+
+
+# ------------------------------------------------------------------ a cluster that does not answer (Build 5)
+def closed_port() -> tuple:
+    """A bound, not listening TCP socket on 127.0.0.1 (a connection to it is refused) and its port."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+def test_an_address_nothing_answers_at_is_refused_at_once(monkeypatch):
+    import time
+
+    from services.ray_start import JOIN_WAITS, bound_join_waits, check_reachable
+
+    sock, port = closed_port()
+    with sock:
+        for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+            start = time.monotonic()
+            with pytest.raises(ConnectionError, match=rf"nothing answers at {re.escape(address)}: Connection refused"):
+                check_reachable(address)
+            assert time.monotonic() - start < 2
+    check_reachable("auto")  # no port: Ray finds the cluster itself
+
+    for name in JOIN_WAITS:  # (set, so that the test's changes are undone)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert bound_join_waits(None) == {}  # a local Ray: its GCS start is not to be cut short
+    kept = "RAY_py_gcs_connect_timeout_s"
+    monkeypatch.setenv(kept, "20")  # set by the user: kept
+    assert bound_join_waits("10.0.0.9:6379") == {k: v for k, v in JOIN_WAITS.items() if k != kept}
+    assert os.environ[kept] == "20"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["", "ray://"])
+def test_the_main_job_on_an_unreachable_cluster_ends_in_one_line_within_seconds(tmp_path, scheme):
+    import time
+
+    config = tmp_path / "job.yaml"
+    save_config(tiny_job(tmp_path / "out", "", tmp_path / "cache"), config)
+    sock, port = closed_port()
+    address = f"{scheme}127.0.0.1:{port}"
+    with sock:
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "trainers.run_job", "--config", str(config)], cwd=REPO,
+                              env={**job_env(tmp_path), "RAY_ADDRESS": address}, capture_output=True, text=True,
+                              timeout=120)
+        seconds = time.monotonic() - start
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[-1] == (
+        f"error: cannot reach the Ray cluster (nothing answers at {address}: Connection refused); "
+        f"RAY_ADDRESS={address}: unset it to start a local Ray")
+    assert "Traceback" not in done.stderr, done.stderr
+    assert seconds < 60, f"{seconds:.0f} s to give up"  # (the Python and torch imports are most of it)

@@ -10,7 +10,8 @@ import sys
 from typing import TypeVar
 
 from reidloop.config import ConfigError, load_config
-from services.ray_start import VERBOSE_ENV
+from reidloop.progress import PROGRESS_ENV
+from services.ray_start import VERBOSE_ENV, bound_join_waits
 from services.ray_start import verbose as ray_verbose
 
 T = TypeVar("T")
@@ -22,6 +23,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--progress", action="store_true",
+                   help="progress bars even when stderr is not a terminal (they are drawn on a terminal only)")
     add_verbose(p)
     return p
 
@@ -52,13 +55,23 @@ def console(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def progress(args: argparse.Namespace) -> None:
+    """``--progress`` (and not ``--quiet``): bars even when stderr is not a terminal (``reidloop.progress``)."""
+    if getattr(args, "progress", False) and not getattr(args, "quiet", False):
+        os.environ[PROGRESS_ENV] = "1"
+
+
 def load(cls: type[T], args: argparse.Namespace) -> T:
     """Load the typed config or exit with the loader's message (file and field named)."""
     console(getattr(args, "verbose", False))
+    progress(args)
     try:
-        return load_config(cls, args.config, args.overrides)
+        cfg = load_config(cls, args.config, args.overrides)
     except ConfigError as exc:
         sys.exit(f"config error: {exc}")
+    # before Ray is imported (it reads its settings then): a cluster that does not answer fails in seconds
+    bound_join_waits(getattr(getattr(cfg, "ray", None), "address", None))
+    return cfg
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -86,7 +99,8 @@ def exit_message(exc: BaseException) -> str | None:
         return f"error: out of disk space{where}: free some space (or point output_dir / ray.storage_path elsewhere)"
     if type(inner) is ConnectionError:  # ray.init's "could not find / connect to the cluster"
         address = os.environ.get("RAY_ADDRESS")
-        hint = f"; RAY_ADDRESS={address}: unset it to start a local Ray" if address else ""
+        hint = f"; RAY_ADDRESS={address}: unset it to start a local Ray" if address else \
+            " (check ray.address in the config; without one a local Ray is started)"
         return f"error: cannot reach the Ray cluster ({inner}){hint}"
     if isinstance(inner, DatasetError):
         return f"error: {inner} (check data.dataset and data.root in the config, or pass --set data.root=PATH)"

@@ -33,6 +33,7 @@ from ..data.transforms import build_transforms
 from ..losses import cross_entropy_ls, pair_triplet
 from ..engine.precision import Precision, checked_precision
 from ..pair_knowledge import PairKnowledge
+from ..progress import bar
 from ..unionfind import UnionFind
 
 HEAD_LR_FACTOR = 10.0
@@ -306,8 +307,11 @@ def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneC
              width: int, precision: Precision, mode: Literal["pairs", "full"], seed: int,
              queries: np.ndarray | None = None, candidates: np.ndarray | None = None,
              answers: np.ndarray | None = None, pool_labels: np.ndarray | None = None,
-             truth: np.ndarray | None = None) -> FinetuneStats:
-    """Fine-tune ``model`` in place for cfg.epochs on the answered pairs (mode "pairs") or all labels ("full")."""
+             truth: np.ndarray | None = None, progress: bool = False, desc: str = "fine-tune") -> FinetuneStats:
+    """Fine-tune ``model`` in place for cfg.epochs on the answered pairs (mode "pairs") or all labels ("full").
+
+    ``progress``: a bar over the optimiser steps (:func:`reidloop.progress.bar`), its total growing by each
+    epoch's batches as the epoch starts."""
     data = finetune_data(len(pool), cfg, mode, queries=queries, candidates=candidates, answers=answers,
                          pool_labels=pool_labels, truth=truth)
     if data is None:
@@ -318,11 +322,24 @@ def finetune(model: torch.nn.Module, pool: Sequence[ImageRecord], cfg: FinetuneC
     scaler = torch.amp.GradScaler("cuda") if precision.needs_grad_scaler else None
     stats = FinetuneStats(0, 0, 0.0, 0.0, 0.0)
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        torch.manual_seed(epoch_seed(seed, epoch))
-        for batch in epoch_batches(data, cfg, seed, epoch):
-            stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer, scaler,
-                                                    step=stats.batches))
+    shown = None
+    try:
+        for epoch in range(cfg.epochs):
+            torch.manual_seed(epoch_seed(seed, epoch))
+            batches = epoch_batches(data, cfg, seed, epoch)
+            if epoch == 0:
+                shown = bar(len(batches), desc, enabled=progress, unit="step")
+            elif shown is not None:
+                shown.total += len(batches)
+                shown.refresh()
+            for batch in batches:
+                stats.add(len(batch[0]), *finetune_step(model, dataset, batch, data, cfg, precision, optimizer,
+                                                        scaler, step=stats.batches))
+                if shown is not None:
+                    shown.update(1)
+    finally:
+        if shown is not None:
+            shown.close()
     model.reset_classifier(0)
     model.eval()
     return stats.finish(time.perf_counter() - start)

@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from tqdm.auto import tqdm
 
 from .. import atomic
 from ..answer_log import AnswerLog
@@ -47,6 +46,7 @@ from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..oracle import SimulatedOracle
 from ..pair_knowledge import PairKnowledge
+from ..progress import bar as progress_bar
 from ..strategies import RoundContext, Strategy, build_strategy
 from .askers import ReplayingOracle, ResumeDiverged, RoundQuota  # noqa: F401 (re-exported)
 from .engine import Answers, EpisodeStats, LocalAgent, LocalSlots, run_round
@@ -212,7 +212,7 @@ class ActiveLearningLoop:
         return finetune(model, pool, self.job.finetune, height=self.job.data.height, width=self.job.data.width,
                         precision=resolve_precision(self.job.finetune.amp, self.device), mode=mode,
                         seed=self.job.seed + round_, queries=q_all, candidates=c_all, answers=y_all,
-                        pool_labels=pids, truth=truth)
+                        pool_labels=pids, truth=truth, progress=self.progress, desc=f"round {round_} fine-tune")
 
     def training_pairs(self, strategy: Strategy, answered: tuple, features: np.ndarray, pids: np.ndarray,
                        browsed: np.ndarray) -> tuple[str, tuple, np.ndarray | None]:
@@ -252,8 +252,7 @@ class ActiveLearningLoop:
         job = self.job
         cands = nearest_candidates_all(features, metric, queries, job.dral.ns)
         self.round_stats = stats = EpisodeStats()  # the paper's gamma, whatever the agent's: rows compare
-        bar = tqdm(total=len(queries), desc=f"round {round_} queries", leave=False, disable=None) \
-            if self.progress else None
+        bar = progress_bar(len(queries), f"round {round_} queries", enabled=self.progress)
 
         def answers_left() -> int:
             return oracle.remaining if self.budget is None else self.budget - oracle.used

@@ -12,7 +12,6 @@ from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.images import ReidImageDataset, relabel
@@ -20,6 +19,7 @@ from ..data.records import ImageRecord
 from ..data.sampler import PKSampler
 from ..data.transforms import build_transforms
 from ..losses import reid_loss
+from ..progress import bar
 from .precision import Precision, checked_precision
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,8 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
     model.train()
     sums = {"loss": 0.0, "ce": 0.0, "triplet": 0.0, "correct": 0.0, "n": 0}
     start = time.perf_counter()
-    it = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None) if progress else loader
-    for images, labels, _camids, _idx in it:
+    shown = bar(len(loader), f"epoch {epoch}", enabled=progress)
+    for images, labels, _camids, _idx in loader:
         images = precision.batch(images)
         labels = labels.to(precision.device)
         with precision.autocast():
@@ -92,6 +92,10 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, optimizer: torch.opt
         sums["triplet"] += float(losses["triplet"].detach()) * n
         sums["correct"] += float((out.logits.argmax(1) == labels).sum())
         sums["n"] += n
+        if shown is not None:
+            shown.update(1)
+    if shown is not None:
+        shown.close()
     elapsed = max(time.perf_counter() - start, 1e-9)
     n = max(sums["n"], 1)
     return EpochStats(epoch, sums["loss"] / n, sums["ce"] / n, sums["triplet"] / n, sums["correct"] / n,
