@@ -10,6 +10,12 @@ HTTP level is *paired* with an in-process run of the same images measured right 
 in-process images/s. One extra row embeds the decoded images ``max_batch_size`` at a time in-process
 (the ceiling batching can reach). Writes ``benchmarks/results/serve_bench.{json,csv}``.
 Model weights are random: speed does not depend on them.
+
+``--search-sizes 1000 10000 100000`` measures POST /search instead, at each gallery size: the gallery is
+written straight into the server's gallery folder (random unit vectors of the model's dimension, stored as
+the server stores them), the application started on it, then /search at each ``--concurrency`` level, paired
+with the same query in-process (decode, embed, rank: ``ReidService.search`` without HTTP) and with the
+ranking alone (``GalleryIndex.search`` of an embedded query). Writes ``serve_search_bench.{json,csv}``.
 """
 from __future__ import annotations
 
@@ -78,6 +84,18 @@ class InProcess:
         for i in range(n):
             t0 = time.perf_counter()
             self.model.embed([self.transform(self.images[i % len(self.images)], max_pixels=MAX_PIXELS)])
+            self._sync()
+            lat.append(time.perf_counter() - t0)
+        return summary(lat, time.perf_counter() - start, n)
+
+    def run_search(self, n: int, index, k: int) -> dict:
+        """``n`` queries one at a time: bytes → embedding → top-``k`` of ``index`` (ReidService.search's work)."""
+        lat = []
+        start = time.perf_counter()
+        for i in range(n):
+            t0 = time.perf_counter()
+            q = self.model.embed([self.transform(self.images[i % len(self.images)], max_pixels=MAX_PIXELS)])
+            index.search(q, k, version=self.model.version)
             self._sync()
             lat.append(time.perf_counter() - t0)
         return summary(lat, time.perf_counter() - start, n)
@@ -154,6 +172,102 @@ def http_levels(checkpoint: str, local: InProcess, args, batching: bool, port: i
     return rows
 
 
+async def drive_search(url: str, images: list[bytes], concurrency: int, requests: int, k: int) -> tuple[dict, int]:
+    """``requests`` POST /search?k= (raw image/png bodies) with ``concurrency`` in flight."""
+    import aiohttp
+
+    lat: list[float] = []
+    failures = 0
+
+    async def worker(session, todo):
+        nonlocal failures
+        for i in todo:
+            t0 = time.perf_counter()
+            async with session.post(f"{url}/search?k={k}", data=images[i % len(images)],
+                                    headers={"content-type": "image/png"}) as r:
+                body = await r.read()
+                if r.status != 200 or b"matches" not in body:
+                    failures += 1
+            lat.append(time.perf_counter() - t0)
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        warm_up = iter(range(2 * concurrency))
+        await asyncio.gather(*(worker(session, warm_up) for _ in range(concurrency)))
+        lat.clear()
+        todo = iter(range(requests))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session, todo) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return summary(lat, wall, requests), failures
+
+
+def write_gallery(folder: str, n: int, dim: int, version: str):
+    """A gallery of ``n`` random unit vectors stored as the server stores one (a snapshot), and its index."""
+    from reidloop.serving import GalleryEntry, GalleryIndex, GalleryStore
+
+    rng = np.random.default_rng(n)
+    feats = rng.normal(size=(n, dim)).astype(np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    entries = [GalleryEntry(f"g{i}", person_id=i // 4, camera=i % 2) for i in range(n)]
+    store = GalleryStore(folder, lease=False)
+    store.snapshot(entries, [version] * n, feats)
+    store.close()
+    return GalleryIndex.of(entries, [version] * n, feats)
+
+
+def search_levels(checkpoint: str, local: InProcess, args, port: int, tmp: str) -> list[dict]:
+    from ray import serve
+
+    from reidloop.config.serve import DeploymentConfig, ServeConfig
+    from services.serve_app import deploy
+
+    rows = []
+    model = local.model
+    for size in args.search_sizes:
+        folder = os.path.join(tmp, f"gallery-{size}")
+        index = write_gallery(folder, size, model.dim, model.version)
+        query = model.embed([local.transform(local.images[0], max_pixels=MAX_PIXELS)])
+        t0 = time.perf_counter()
+        for _ in range(20):
+            index.search(query, args.k)
+        rank_ms = (time.perf_counter() - t0) / 20 * 1000
+        dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=max(64, args.max_batch_size))
+        cfg = ServeConfig(checkpoint=checkpoint, port=port, app_name="bench", height=args.height, width=args.width,
+                          watch_interval_s=0.0, torch_threads=args.threads, max_batch_size=args.max_batch_size,
+                          batch_wait_timeout_s=args.batch_wait_s, gallery_dir=folder, max_gallery_size=max(size, 1),
+                          ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), embedder=dep, gallery=dep)
+        t0 = time.perf_counter()
+        url = deploy(cfg)
+        start_s = time.perf_counter() - t0
+        try:
+            for c in args.concurrency:
+                base = local.run_search(args.baseline_requests, index, args.k)
+                res, failures = asyncio.run(drive_search(url, local.images, c, args.requests, args.k))
+                rows.append({"mode": "http /search", "gallery": size, "concurrency": c, "requests": args.requests,
+                             **res, "failures": failures, "base_p50_ms": base["p50_ms"], "base_p99_ms": base["p99_ms"],
+                             "base_rps": base["rps"], "rank_only_ms": rank_ms, "start_s": start_s,
+                             "overhead_p50": res["p50_ms"] / base["p50_ms"], "vs_inprocess_rps": res["rps"] / base["rps"]})
+                print(f"  /search gallery={size} c={c}: p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
+                      f"{res['rps']:.1f} req/s (in-process: p50 {base['p50_ms']:.1f} ms, {base['rps']:.1f}/s; "
+                      f"ranking alone {rank_ms:.2f} ms)", flush=True)
+        finally:
+            serve.delete(cfg.app_name)
+    return rows
+
+
+def search_table(rows: list[dict]) -> str:
+    head = ("| gallery | concurrency | p50 ms | p99 ms | req/s | in-proc p50 ms | in-proc p99 ms | in-proc q/s "
+            "| ranking alone ms | overhead (p50) | app start s |")
+    lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+    for r in rows:
+        lines.append(f"| {r['gallery']:>7} | {r['concurrency']:>11} | {r['p50_ms']:>6.1f} | {r['p99_ms']:>6.1f} | "
+                     f"{r['rps']:>5.1f} | {r['base_p50_ms']:>14.1f} | {r['base_p99_ms']:>14.1f} | "
+                     f"{r['base_rps']:>11.1f} | {r['rank_only_ms']:>16.2f} | {r['overhead_p50']:>13.2f}x | "
+                     f"{r['start_s']:>11.1f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     head = (f"| {'mode':<26} | batching | concurrency | p50 ms | p99 ms | req/s | in-proc p50 ms | in-proc img/s "
             f"| overhead (p50) | vs in-proc (req/s) |")
@@ -179,6 +293,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch-wait-s", type=float, default=0.005)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads, in-process and per model replica (1: stable on a small shared CPU)")
+    p.add_argument("--search-sizes", type=int, nargs="+", default=None,
+                   help="measure /search at these gallery sizes instead of /embed (e.g. 1000 10000 100000)")
+    p.add_argument("--k", type=int, default=10, help="matches per /search")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -209,11 +326,16 @@ def main(argv=None) -> None:
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
         try:
             port = free_port()  # Serve's HTTP options are fixed once it runs: both deployments share the port
-            for batching in (True, False):
-                rows += http_levels(checkpoint, local, args, batching, port)
+            if args.search_sizes:
+                search_rows = search_levels(checkpoint, local, args, port, tmp)
+            else:
+                for batching in (True, False):
+                    rows += http_levels(checkpoint, local, args, batching, port)
         finally:
             serve.shutdown()
             ray.shutdown()
+    if args.search_sizes:
+        return write_search(args, precision, search_rows)
 
     meta = {"backbone": args.backbone, "input": [args.height, args.width], "requests_per_level": args.requests,
             "baseline_requests": args.baseline_requests, "max_batch_size": args.max_batch_size,
@@ -235,6 +357,41 @@ def main(argv=None) -> None:
     failed = sum(r.get("failures", 0) for r in rows)
     if failed:
         raise SystemExit(f"{failed} HTTP requests failed")
+
+
+def write_search(args, precision: str, rows: list[dict]) -> None:
+    meta = {"backbone": args.backbone, "input": [args.height, args.width], "requests_per_level": args.requests,
+            "baseline_requests": args.baseline_requests, "k": args.k, "max_batch_size": args.max_batch_size,
+            "torch_threads": args.threads, "precision": precision, "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "cpu": _cpu_name(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "note": "in-process: the same query bytes decoded, embedded and ranked, sequentially; ranking alone: "
+                    "GalleryIndex.search of one embedded query; gallery: random unit vectors (speed does not "
+                    "depend on them)"}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serve_search_bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    keys = ["gallery", "concurrency", "requests", "p50_ms", "p99_ms", "rps", "base_p50_ms", "base_p99_ms",
+            "base_rps", "rank_only_ms", "overhead_p50", "vs_inprocess_rps", "start_s", "failures", "load_avg_1m"]
+    with open(out / "serve_search_bench.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    print(json.dumps(meta))
+    print(search_table(rows))
+    failed = sum(r.get("failures", 0) for r in rows)
+    if failed:
+        raise SystemExit(f"{failed} HTTP requests failed")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

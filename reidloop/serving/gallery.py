@@ -66,6 +66,7 @@ class GalleryIndex:
                  positions: dict[str, int]) -> None:
         self._entries, self._versions, self._buffer, self._positions = entries, versions, buffer, positions
         self._stale_masks: dict[str, np.ndarray] = {}  # by model version (an index never changes)
+        self._sq_norms: Optional[np.ndarray] = None  # ||row||^2 of every entry, computed on first search
 
     @classmethod
     def empty(cls, dim: int) -> "GalleryIndex":
@@ -168,6 +169,27 @@ class GalleryIndex:
             raise ValueError(f"with_features: expected ({self.size}, D) features, got {features.shape}")
         return GalleryIndex(self._entries, (version,) * self.size, features, self._positions)
 
+    def _distances(self, queries: np.ndarray, metric: str) -> np.ndarray:
+        """``pairwise_distance(queries, features, metric)`` for few queries against a large gallery: one BLAS
+        product against the rows as they lie (no transposed copy) and the rows' norms kept per snapshot."""
+        if metric not in ("euclidean", "cosine"):
+            return pairwise_distance(queries, self.features, metric)
+        feats = self.features
+        if self._sq_norms is None:
+            self._sq_norms = np.einsum("ij,ij->i", feats, feats)
+        dot = queries @ feats.T
+        q_sq = np.einsum("ij,ij->i", queries, queries)
+        if metric == "cosine":
+            denom = np.maximum(np.sqrt(q_sq), 1e-12)[:, None] * np.maximum(np.sqrt(self._sq_norms), 1e-12)[None, :]
+            dot /= denom
+            np.subtract(1.0, dot, out=dot)
+            return np.clip(dot, 0.0, 2.0, out=dot)
+        dot *= -2.0
+        dot += q_sq[:, None]
+        dot += self._sq_norms[None, :]
+        np.maximum(dot, 0.0, out=dot)
+        return np.sqrt(dot, out=dot)
+
     def search(self, queries: np.ndarray, k: int | Sequence[int], metric: str = "euclidean",
                version: Optional[str] = None) -> list[list[dict]]:
         """The ``k`` nearest entries of each query row, nearest first (``k`` per query or one for all).
@@ -184,7 +206,7 @@ class GalleryIndex:
             raise ValueError(f"search: {queries.shape[0]} queries but {len(ks)} values of k")
         if self.size == 0:
             return [[] for _ in ks]
-        dist = pairwise_distance(queries, self.features, metric)
+        dist = self._distances(queries, metric)
         searchable = self.size
         if version is not None:
             stale = self.stale_mask(version)
