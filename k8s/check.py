@@ -8,7 +8,7 @@
   loader; a Serve application's import path is defined and its args load as a ServeConfig.
 * Security: token authentication from a Secret on every Ray cluster, no secret-looking value in plain
   text, no RAY_AUTH_MODE other than token; Services are ClusterIP, except opt-in ones under expose/,
-  and none of those may expose Serve (its API has no token yet: issue 20).
+  and none of those may expose Serve (its bearer token travels in plain HTTP: TLS must come first).
 * Storage: every Ray pod mounts the folder's PersistentVolumeClaim at DATA_ROOT, and what the jobs
   write and the service reads lies on it.
 
@@ -351,7 +351,8 @@ def service_problems(doc: dict, exposed_ok: bool) -> list[tuple[list, str]]:
                  f"{kind} {kind_type if kind == 'Service' else ''} exposes it beyond the cluster: keep Services "
                  f"ClusterIP; opt-in exposure belongs in {EXPOSE_DIR}/")]
     if serve:
-        return [(["spec"], f"exposes Serve ({SERVE_PORT}), whose API has no token of its own yet (issue 20)")]
+        return [(["spec"], f"exposes Serve ({SERVE_PORT}), whose bearer token would travel in plain HTTP: put TLS in front "
+                            "(an Ingress with a certificate) instead")]
     ranges = spec.get("loadBalancerSourceRanges") or []
     if kind_type == "LoadBalancer" and (not ranges or any(r in ("0.0.0.0/0", "::/0") for r in ranges)):
         return [(["spec", "loadBalancerSourceRanges"],
@@ -406,7 +407,7 @@ def doc_problems(doc, pvcs: set[str], exposed_ok: bool, ray_version: str) -> lis
         svc_type = ((spec.get("serveService") or {}).get("spec") or {}).get("type", "ClusterIP")
         if svc_type != "ClusterIP":
             out.append((["spec", "serveService", "spec", "type"],
-                        f"{svc_type}: Serve stays ClusterIP until its API has a token (issue 20)"))
+                        f"{svc_type}: Serve stays ClusterIP (its bearer token travels in plain HTTP; TLS first)"))
     return out
 
 

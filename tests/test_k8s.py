@@ -219,7 +219,7 @@ BROKEN = {  # id: (file, mutation, what the message must name)
     "public head service": ("raycluster.yaml", _set(["spec", "headGroupSpec", "serviceType"], "LoadBalancer"),
                             ["$.spec.headGroupSpec.serviceType", "stays ClusterIP"]),
     "public serve service": ("rayservice.yaml", _set(["spec", "serveService"], {"spec": {"type": "NodePort"}}),
-                             ["$.spec.serveService.spec.type", "issue 20"]),
+                             ["$.spec.serveService.spec.type", "plain HTTP"]),
     "volume not mounted": ("rayjob-sweep.yaml",
                            _set(["spec", "rayClusterSpec", "workerGroupSpecs", 0, "template", "spec", "containers", 0,
                                  "volumeMounts"], []),
@@ -234,7 +234,7 @@ BROKEN = {  # id: (file, mutation, what the message must name)
     "load balancer outside expose/": ("dashboard-lb.yaml", lambda d: load("expose/dashboard.yaml"),
                                       ["dashboard-lb.yaml", "$.spec.type", "belongs in expose/"]),
     "serve exposed": ("expose/serve.yaml", lambda d: _with_port(load("expose/dashboard.yaml"), 8000),
-                      ["expose/serve.yaml", "exposes Serve (8000)", "issue 20"]),
+                      ["expose/serve.yaml", "exposes Serve (8000)", "plain HTTP"]),
     "open load balancer": ("expose/dashboard.yaml", _set(["spec", "loadBalancerSourceRanges"], ["0.0.0.0/0"]),
                            ["$.spec.loadBalancerSourceRanges"]),
 }
@@ -330,5 +330,5 @@ def test_readme_walks_through_every_step():
     for step in ("docker build -f k8s/Dockerfile", "docker push", "kubectl create secret generic reidloop-ray-auth",
                  "kubectl apply -f k8s/pvc.yaml", "kubectl apply -f k8s/rayjob-loop.yaml", "kubectl get rayjob",
                  "kubectl logs", "kubectl apply -f k8s/rayservice.yaml", "port-forward svc/reidloop-serve-serve-svc",
-                 "/search", "kubectl cp", "issue 20", "python -m trainers.k8s_serve_config", "python k8s/check.py"):
+                 "/search", "kubectl cp", "kubectl create secret generic reidloop-serve-token", "python -m trainers.k8s_serve_config", "python k8s/check.py"):
         assert step in text, step

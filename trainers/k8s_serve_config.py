@@ -12,7 +12,9 @@ file, deployments); on Kubernetes only these change:
 * the followed checkpoint (``args.checkpoint``, ``user_config.checkpoint``) is read from the shared
   volume mounted at ``DATA_ROOT``, where the active-learning RayJob writes it (``runs/x`` -> ``/data/runs/x``);
 * ``RAY_AUTH_MODE`` is dropped from the runtime env: KubeRay sets token authentication on every pod;
-* the HTTP proxy binds the pod's address (0.0.0.0), reachable only through the ClusterIP serve service.
+* the HTTP proxy binds the pod's address (0.0.0.0), reachable only through the ClusterIP serve service,
+  and the app is told so (``args.host``), so it requires its bearer token: the admin token is read from
+  the Secret ``reidloop-serve-token`` mounted at ``SERVE_TOKEN_FILE`` in every Ray pod (k8s/README.md).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ MANIFEST = REPO / "k8s" / "rayservice.yaml"
 APP_ROOT = "/home/ray/reidloop"  # the project inside the image (k8s/Dockerfile: WORKDIR)
 DATA_ROOT = "/data"  # the shared PersistentVolumeClaim (k8s/pvc.yaml) in every Ray pod
 POD_HOST = "0.0.0.0"  # the pod's own address; the Service in front of it is ClusterIP
+SERVE_TOKEN_FILE = "/etc/reidloop/serve-token/token"  # Secret reidloop-serve-token, key "token" (rayservice.yaml)
 
 
 def _in_image(path: str) -> str:
@@ -50,6 +53,9 @@ def serve_config(source: Path = SOURCE) -> dict:
             args["config"] = _in_image(str(args["config"]))
         if "checkpoint" in args:
             args["checkpoint"] = _on_volume(str(args["checkpoint"]))
+        args["host"] = POD_HOST  # what the proxy binds: the app then refuses to start without a token
+        args.setdefault("token_file", SERVE_TOKEN_FILE)
+        app["args"] = args
         for dep in app.get("deployments", []):
             user = dep.get("user_config") or {}
             if "checkpoint" in user:
