@@ -113,8 +113,10 @@ class InProcess:
         return summary(lat, time.perf_counter() - start, n)
 
 
-async def drive(url: str, images: list[bytes], concurrency: int, requests: int) -> tuple[dict, int]:
-    """Send ``requests`` POST /embed (raw image/png bodies) with ``concurrency`` in flight."""
+async def drive(url: str, images: list[bytes], concurrency: int, requests: int, path: str = "/embed",
+                expect: bytes = b"embedding") -> tuple[dict, int]:
+    """Send ``requests`` POST ``path`` (raw image/png bodies) with ``concurrency`` in flight; an answer that is
+    not a 200 holding ``expect`` counts as a failure."""
     import aiohttp
 
     lat: list[float] = []
@@ -124,10 +126,10 @@ async def drive(url: str, images: list[bytes], concurrency: int, requests: int) 
         nonlocal failures
         for i in todo:
             t0 = time.perf_counter()
-            async with session.post(url + "/embed", data=images[i % len(images)],
+            async with session.post(url + path, data=images[i % len(images)],
                                     headers={"content-type": "image/png"}) as r:
                 body = await r.read()
-                if r.status != 200 or b"embedding" not in body:
+                if r.status != 200 or expect not in body:
                     failures += 1
             lat.append(time.perf_counter() - t0)
 
@@ -172,36 +174,6 @@ def http_levels(checkpoint: str, local: InProcess, args, batching: bool, port: i
     return rows
 
 
-async def drive_search(url: str, images: list[bytes], concurrency: int, requests: int, k: int) -> tuple[dict, int]:
-    """``requests`` POST /search?k= (raw image/png bodies) with ``concurrency`` in flight."""
-    import aiohttp
-
-    lat: list[float] = []
-    failures = 0
-
-    async def worker(session, todo):
-        nonlocal failures
-        for i in todo:
-            t0 = time.perf_counter()
-            async with session.post(f"{url}/search?k={k}", data=images[i % len(images)],
-                                    headers={"content-type": "image/png"}) as r:
-                body = await r.read()
-                if r.status != 200 or b"matches" not in body:
-                    failures += 1
-            lat.append(time.perf_counter() - t0)
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
-        warm_up = iter(range(2 * concurrency))
-        await asyncio.gather(*(worker(session, warm_up) for _ in range(concurrency)))
-        lat.clear()
-        todo = iter(range(requests))
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(session, todo) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return summary(lat, wall, requests), failures
-
-
 def write_gallery(folder: str, n: int, dim: int, version: str):
     """A gallery of ``n`` random unit vectors stored as the server stores one (a snapshot), and its index."""
     from reidloop.serving import GalleryEntry, GalleryIndex, GalleryStore
@@ -243,7 +215,7 @@ def search_levels(checkpoint: str, local: InProcess, args, port: int, tmp: str) 
         try:
             for c in args.concurrency:
                 base = local.run_search(args.baseline_requests, index, args.k)
-                res, failures = asyncio.run(drive_search(url, local.images, c, args.requests, args.k))
+                res, failures = asyncio.run(drive(url, local.images, c, args.requests, f"/search?k={args.k}", b"matches"))
                 rows.append({"mode": "http /search", "gallery": size, "concurrency": c, "requests": args.requests,
                              **res, "failures": failures, "base_p50_ms": base["p50_ms"], "base_p99_ms": base["p99_ms"],
                              "base_rps": base["rps"], "rank_only_ms": rank_ms, "start_s": start_s,

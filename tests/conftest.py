@@ -162,6 +162,16 @@ def write_image(path, h: int = 16, w: int = 8, seed: int = 0, mode: str = "RGB")
     return str(path)
 
 
+def serve_app_running(app: str) -> bool:
+    """Whether the Serve application ``app`` is RUNNING (fails the test at once if its deploy failed)."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is not None and status.status == "DEPLOY_FAILED":
+        pytest.fail(f"deploy failed: {status.message}")
+    return status is not None and status.status == "RUNNING"
+
+
 def wait_for(predicate, what: str, deadline_s: float = 30.0, every_s: float = 0.05):
     """Poll ``predicate`` until it returns something truthy (returned); fail naming ``what`` after the deadline."""
     end = time.monotonic() + deadline_s

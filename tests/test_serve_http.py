@@ -22,7 +22,7 @@ from reidloop.engine.precision import resolve_precision
 from reidloop.metrics.distance import pairwise_distance
 from reidloop.models import load_checkpoint
 
-from conftest import encode_image, wait_for, write_checkpoint
+from conftest import encode_image, serve_app_running, wait_for, write_checkpoint
 
 H, W = 32, 16
 MAX_BODY = 256 * 1024  # > 200,000: the nested-JSON bodies below must reach the parser
@@ -55,12 +55,7 @@ def deploy_config(port: int, config_file, deployments=()) -> None:
 
 
 def app_running() -> bool:
-    from ray import serve
-
-    status = serve.status().applications.get(APP)
-    if status is not None and status.status == "DEPLOY_FAILED":
-        pytest.fail(f"deploy failed: {status.message}")
-    return status is not None and status.status == "RUNNING"
+    return serve_app_running(APP)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import requests
 
 from reidloop.config.serve import DeploymentConfig, ServeConfig
 
-from conftest import encode_image, wait_for, write_checkpoint
+from conftest import encode_image, serve_app_running, wait_for, write_checkpoint
 
 H, W = 32, 16
 TIMEOUT = 30
@@ -43,12 +43,7 @@ def deploy(port: int, config_file) -> None:
 
 
 def running() -> bool:
-    from ray import serve
-
-    status = serve.status().applications.get(APP)
-    if status is not None and status.status == "DEPLOY_FAILED":
-        pytest.fail(f"deploy failed: {status.message}")
-    return status is not None and status.status == "RUNNING"
+    return serve_app_running(APP)
 
 
 def bearer(token: str) -> dict:
