@@ -79,7 +79,7 @@ class ServeConfig:
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.005
     # The gallery on disk (reidloop/serving/store.py): Parquet parts reloaded on start. gallery_dir None:
-    # gallery/ in the served run folder (beside a checkpoint file: <stem>.gallery/). persist_gallery false:
+    # gallery/ in the served run folder (or beside the served checkpoint file). persist_gallery false:
     # in memory only, lost on restart.
     gallery_dir: Optional[str] = None
     persist_gallery: bool = True

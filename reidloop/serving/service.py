@@ -48,14 +48,15 @@ class ServingState(NamedTuple):
 
 
 def gallery_folder(cfg: ServeConfig) -> Optional[Path]:
-    """Where the gallery is stored: ``cfg.gallery_dir``, else ``gallery/`` in the served run folder (beside a
-    checkpoint file: ``<stem>.gallery/``); None when ``persist_gallery`` is off."""
+    """Where the gallery is stored: ``cfg.gallery_dir``, else ``gallery/`` in the served run folder (or beside
+    the served checkpoint file: the same folder for ``runs/x`` and ``runs/x/model.pt``); None when
+    ``persist_gallery`` is off."""
     if not cfg.persist_gallery:
         return None
     if cfg.gallery_dir:
         return Path(cfg.gallery_dir)
     source = Path(cfg.checkpoint or ".")
-    return source / "gallery" if source.is_dir() else source.with_name(f"{source.stem}.gallery")
+    return (source if source.is_dir() else source.parent) / "gallery"
 
 
 def _fit(features: Sequence[np.ndarray], dim: int) -> np.ndarray:
