@@ -62,13 +62,15 @@ test-fast: $(STAMP)
 
 # The CPU-sized benchmarks that need no dataset, with the commands of benchmarks/README.md: env_workers_bench.py
 # (the Ray loop's questions/s with 1, 2, 4 env workers), precision_bench.py (fp32 vs bf16 throughput) and
-# serve_bench.py (HTTP /embed vs in-process). Each prints its table and rewrites its file in benchmarks/results/.
+# serve_bench.py (HTTP /embed vs in-process). Each prints its table and writes its file to $(BENCH_OUT) (not over
+# the published results in benchmarks/results/: compare yours with them; BENCH_OUT=benchmarks/results to replace them).
 # (The others need CUHK03/CUHK01 or run for hours: bench-cuhk01, and the commands in benchmarks/README.md.)
+BENCH_OUT ?= runs/bench
 bench: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) benchmarks/env_workers_bench.py --repeats 3
-	$(PY) benchmarks/precision_bench.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/env_workers_bench.py --repeats 3 --out $(BENCH_OUT)
+	$(PY) benchmarks/precision_bench.py --out $(BENCH_OUT)
 	$(PY) -m benchmarks.serve_bench --backbone resnet18 --height 128 --width 64 \
-	    --requests 200 --baseline-requests 100 --concurrency 1 4 16
+	    --requests 200 --baseline-requests 100 --concurrency 1 4 16 --out $(BENCH_OUT)
 
 # The CUHK03 -> CUHK01 table (benchmarks/cuhk01_table.py): trains the CUHK03 source model once into
 # runs/cuhk03_source, then runs the rows whose results file is missing. ARGS="--rows ... --seeds ...".

@@ -84,7 +84,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--strategies", nargs="+", default=["dral", "random"])
     p.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2, 4], help="0 = in-process reference")
+    p.add_argument("--out", default=str(RESULTS.parent), help="folder of env_workers_bench.json")
     args = p.parse_args()
+    results = Path(args.out) / RESULTS.name
 
     features, pool = synthetic_pool(args.ids, args.per_id, args.dim)
     queries = np.random.default_rng(1).permutation(len(pool))[:args.queries]
@@ -107,12 +109,12 @@ def main() -> None:
         by = {r["env_workers"]: r["questions_per_s"] for r in rows if r["strategy"] == strategy}
         if 1 in by and 2 in by:
             print(f"{strategy}: 2 env workers / 1 = {by[2] / by[1]:.2f}x")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({
         "benchmark": "env_workers_bench", "args": vars(args), "cpus": os.cpu_count(),
         "load_average": os.getloadavg(), "python": platform.python_version(), "ray": ray.__version__,
         "rows": rows}, indent=2))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":

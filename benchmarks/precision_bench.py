@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a model.pt / pretrained.pt to evaluate in fp32 and bf16")
     p.add_argument("--config", help="config giving the data for --checkpoint (EvaluateJob fields)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--out", default="benchmarks/results", help="folder of precision_bench.json")
     args = p.parse_args()
     if args.checkpoint and not args.config:
         p.error("--checkpoint needs --config for the data to evaluate on")
@@ -112,7 +113,7 @@ def main() -> None:
         for r in result["accuracy"]:
             print(f"{r['precision']:<26} rank-1 {100 * r['rank1']:6.2f}  rank-5 {100 * r['rank5']:6.2f}  "
                   f"mAP {100 * r['mAP']:6.2f}")
-    res = Path("benchmarks/results")
+    res = Path(args.out)
     res.mkdir(parents=True, exist_ok=True)
     (res / "precision_bench.json").write_text(json.dumps(result, indent=2))
     print(f"saved {res}/precision_bench.json")
