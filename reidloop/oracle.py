@@ -13,10 +13,11 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from .answer_log import AnswerLog, AnswerRecord
+from .answer_log import AnswerLog, AnswerRecord, effective
 from .config.schema import OracleConfig
 
 Question = tuple[int, int, int, int]  # (query, candidate, round, step)
+ANNOTATOR = "simulated"  # the answer log's ``annotator`` of the simulated oracle's answers
 
 
 class OracleError(RuntimeError):
@@ -85,7 +86,7 @@ class SimulatedOracle:
             self.log.append(AnswerRecord(
                 query=q, candidate=c, answer=answer, step=step, round=round, strategy=strategy,
                 query_path=None if self.paths is None else str(self.paths[q]),
-                candidate_path=None if self.paths is None else str(self.paths[c])))
+                candidate_path=None if self.paths is None else str(self.paths[c]), annotator=ANNOTATOR))
         self._answers[key] = answer
         self.used += 1
         return answer
@@ -116,7 +117,7 @@ class SimulatedOracle:
         return answer
 
     def _resume(self, log: AnswerLog) -> None:
-        table = log.read()
+        table = effective(log.read())  # the answers in force: retracted ones and retraction records left out
         cols = (table.column(n).to_pylist() for n in ("query", "candidate", "answer", "question_id"))
         for q, c, y, qid in zip(*cols):
             key = self._key(q, c)

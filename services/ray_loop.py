@@ -34,6 +34,7 @@ from reidloop.active.finetune import FinetuneStats, finetune_data
 from reidloop.active.askers import ReplayingOracle, RoundQuota
 from reidloop.active.loop import ActiveLearningLoop, answered_pairs
 from reidloop.active.warmstart import WarmStartStats
+from reidloop.answer_log import effective
 from reidloop.config import LoopJob, RayConfig
 from reidloop.pair_knowledge import PairKnowledge
 
@@ -200,6 +201,6 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         if isinstance(oracle, RoundQuota):
             return RoundQuota(self._round_replay(round_, oracle.asker), oracle.quota)
         service = oracle.oracle if isinstance(oracle, ReplayingOracle) else oracle
-        table = service.read()
+        table = effective(service.read())  # the answers in force (no retractions)
         rows = table.filter(pa.array(table.column("round").to_numpy() >= round_))
         return ReplayingOracle(service, list(zip(*answered_pairs(rows))))

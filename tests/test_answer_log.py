@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from reidloop.answer_log import SCHEMA, AnswerLog, AnswerLogError, AnswerRecord
+from reidloop.answer_log import SCHEMA, SCHEMA_V1, AnswerLog, AnswerLogError, AnswerRecord, effective
 
 
 def rec(i: int, answer: int = 1, **kw) -> AnswerRecord:
@@ -135,3 +135,44 @@ def test_a_second_writer_fails_loudly_instead_of_replacing_a_part(tmp_path):
         second.append(rec(1))
     assert AnswerLog(tmp_path).records() == [kept]  # the first writer's answer is intact
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_retraction_record_withdraws_one_answer_in_force(tmp_path):
+    log = AnswerLog(tmp_path)
+    for i in range(3):
+        log.append(rec(i, annotator="ann"))
+    r = log.retract(1, annotator="ann")
+    assert (r.question_id, r.query, r.candidate, r.answer, r.round, r.step, r.retracts) == (3, 1, 101, 0, 0, 1, 1)
+    log.append(rec(1, answer=-1, annotator="bob"))  # the pair answered again: a new question_id
+    for bad, why in [(dataclasses.replace(rec(0), answer=1, retracts=0), "must be 0 on a retraction"),
+                     (dataclasses.replace(rec(1), answer=0, retracts=1), "still in force"),  # retracted already
+                     (dataclasses.replace(rec(1), answer=0, retracts=3), "still in force"),  # a retraction record
+                     (dataclasses.replace(rec(0), answer=0, retracts=9), "still in force"),  # unknown id
+                     (dataclasses.replace(rec(2), answer=0, retracts=0), "answered the pair")]:
+        with pytest.raises(ValueError, match=why):
+            log.append(bad)
+    reopened = AnswerLog(tmp_path)  # what may be retracted is rebuilt from the parts
+    with pytest.raises(ValueError, match="still in force"):
+        reopened.retract(1)
+    t = reopened.read()
+    assert t.column("question_id").to_pylist() == [0, 1, 2, 3, 4]
+    kept = effective(t)
+    assert kept.column("question_id").to_pylist() == [0, 2, 4] and kept.column("answer").to_pylist() == [1, 1, -1]
+    assert kept.column("annotator").to_pylist() == ["ann", "ann", "bob"]
+    assert effective(kept).equals(kept) and effective(t.select(["question_id", "answer"])).num_rows == 5
+
+
+def test_a_part_written_before_annotator_and_retracts_still_reads(tmp_path):
+    when = datetime(2025, 5, 1, tzinfo=timezone.utc)
+    old = pa.Table.from_pylist([{**dataclasses.asdict(rec(i)), "question_id": i, "time": when} for i in range(2)],
+                               schema=SCHEMA_V1)
+    pq.write_table(old, tmp_path / "part-00000000.parquet")
+    log = AnswerLog(tmp_path)
+    assert len(log) == 2 and log.read().schema.equals(SCHEMA)
+    assert log.records()[0] == dataclasses.replace(rec(0), question_id=0, time=when)  # annotator, retracts: None
+    log.append(rec(2, annotator="ann"))
+    log.retract(0, annotator="ann")  # an old answer can be retracted too
+    assert effective(log.read()).column("question_id").to_pylist() == [1, 2]
+    log.compact()  # one part in the new schema
+    assert pq.read_table(log.part_files()[0]).schema.equals(SCHEMA)
+    assert AnswerLog(tmp_path).read().column("annotator").to_pylist() == [None, None, "ann", "ann"]

@@ -120,3 +120,17 @@ def test_resume_rejects_a_log_of_other_ids(tmp_path):
         SimulatedOracle(PIDS, OracleConfig(), log).ask(0, 1, **KW)  # same person: +1
     with pytest.raises(ValueError, match="question_id 0"):
         SimulatedOracle([0, 1, 1, 1, 2, 2, 2, 3], OracleConfig(), AnswerLog(tmp_path))
+
+
+def test_resume_counts_the_answers_in_force_only(tmp_path):
+    cfg = OracleConfig(budget=4)
+    first = SimulatedOracle(PIDS, cfg, AnswerLog(tmp_path))
+    first.ask(0, 1, **KW)
+    first.ask(0, 2, **KW)
+    log = AnswerLog(tmp_path)
+    assert [r.annotator for r in log.records()] == ["simulated", "simulated"]
+    log.retract(1, annotator="someone")  # a retraction (human mode's undo) withdraws (0, 2)
+    resumed = SimulatedOracle(PIDS, cfg, AnswerLog(tmp_path))
+    assert resumed.used == 1 and resumed.remaining == 3
+    assert resumed.known(1, 0) == 1 and resumed.known(0, 2) is None
+    assert resumed.ask(2, 0, **KW) == -1  # asked again, paid again

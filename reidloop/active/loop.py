@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import atomic
-from ..answer_log import AnswerLog
+from ..answer_log import AnswerLog, effective
 from ..config import LoopJob, save_config, to_dict
 from ..config.resume import check_resume
 from ..data.records import ImageRecord, ReidSplits
@@ -317,7 +317,7 @@ class ActiveLearningLoop:
                 log.info("every query browsed after round %d with %d of %d answers spent", r - 1, oracle.used, budget)
                 break
             if table is None:  # else the log as the last round left it, read once at its end
-                table = answer_log.read()
+                table = effective(answer_log.read())  # the answers in force (no retractions)
             rounds_col = table.column("round").to_numpy()
             before, pending = table.filter(pa.array(rounds_col < r)), table.filter(pa.array(rounds_col >= r))
             q_all, c_all, y_all = answered_pairs(before)
@@ -353,7 +353,7 @@ class ActiveLearningLoop:
                                          "replayed; was the config or code changed between the runs?")
                 result.replayed_answers += replaying.replayed
             answer_log.flush()
-            table = answer_log.read()  # the log, read once for what follows and for the next round
+            table = effective(answer_log.read())  # the answers in force, read once for what follows and next round
             answered_now = answered_pairs(table)
             ft_seconds = 0.0
             if strategy.finetune != "none":

@@ -5,6 +5,7 @@ that uses it (e.g. ``DralConfig.kappa`` → ``reidloop.dral.state.kappa_reciproc
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -208,17 +209,27 @@ class DralConfig:
 
 @dataclass
 class OracleConfig:
-    """The simulated annotator: answers from ground-truth ids."""
+    """The annotator: simulated (answers from ground-truth ids) or human (issue 18, not wired yet).
+
+    ``mode: human``: the questions the agent asks wait on a question desk (``reidloop.annotation``) and
+    people answer them; ``lease_s`` is how long a question handed to one annotator stays theirs before it
+    goes back to the queue for someone else. ``error_rate`` and ``seed`` concern the simulated oracle only.
+    """
 
     error_rate: float = 0.0  # probability that an answer is flipped (real annotators err)
     budget: Optional[int] = None  # hard cap on questions; None = n_queries * kmax (paper §4.4)
     seed: int = 0
     flush_every: int = 1  # answers per durable Parquet part (1 = no answer can be lost)
+    mode: Literal["simulated", "human"] = "simulated"  # who answers: ground truth, or people in a web page
+    lease_s: float = 120.0  # human mode: seconds a question stays with the annotator it was handed to
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.error_rate < 0.5, "error_rate", self.error_rate, "must be in [0, 0.5)")
         _check(self.budget is None or self.budget >= 0, "budget", self.budget, "must be >= 0")
         _check(self.flush_every >= 1, "flush_every", self.flush_every, "must be >= 1")
+        _check(self.mode in ("simulated", "human"), "mode", self.mode, "must be 'simulated' or 'human'")
+        _check(math.isfinite(self.lease_s) and self.lease_s > 0, "lease_s", self.lease_s,
+               "must be a finite number of seconds > 0")
 
 
 @dataclass
@@ -331,6 +342,9 @@ class LoopJob:
                self.pretrain_fraction, "must be in (0, 1) when no checkpoint is given")
         _check(self.max_queries is None or self.max_queries >= 1, "max_queries", self.max_queries, "must be >= 1")
         _check(self.rounds in ("queries", "answers"), "rounds", self.rounds, "must be 'queries' or 'answers'")
+        _check(self.oracle.mode == "simulated", "oracle.mode", self.oracle.mode,
+               "is not wired into the loop yet: the question desk and HumanOracle exist (reidloop/annotation/), "
+               "the annotator page and the round replay on undo do not (issue 18); use 'simulated'")
         _check(self.episodes_in_flight is None or self.episodes_in_flight >= 1, "episodes_in_flight",
                self.episodes_in_flight, "must be >= 1 (or null: 1 in one process, ray.env_workers on Ray)")
         _check(self.rounds == "queries" or (self.oracle.budget or 0) > 0, "oracle.budget", self.oracle.budget,
