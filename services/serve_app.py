@@ -313,7 +313,13 @@ class Gallery(_ModelReplica):
         if self.service.store is not None and self.service.store.keep_images and self.service.stale_ids():
             # entries stored by another model (the checkpoint changed while the server was down): re-embedded
             # in the background while the fresh ones are searched
-            self._reload_pool.submit(self.service.catch_up)
+            self._reload_pool.submit(self._catch_up)
+
+    def _catch_up(self) -> None:
+        try:
+            log.info("gallery: %d entries re-embedded in the background", self.service.catch_up())
+        except Exception:  # the stale entries stay stale (and counted); the server keeps serving the rest
+            log.exception("gallery: background re-embedding failed")
 
     def __del__(self) -> None:  # Serve calls it on a graceful shutdown: give the gallery folder's lease back
         self.service.close()
