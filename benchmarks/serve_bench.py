@@ -315,20 +315,9 @@ def main(argv=None) -> None:
             "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "note": "* latency per batch of max_batch_size images"}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     keys = ["mode", "batching", "concurrency", "requests", "p50_ms", "p99_ms", "rps", "base_p50_ms", "base_rps",
             "overhead_p50", "vs_inprocess_rps", "failures", "load_avg_1m"]
-    with open(out / "serve_bench.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    print(json.dumps(meta))
-    print(table(rows))
-    failed = sum(r.get("failures", 0) for r in rows)
-    if failed:
-        raise SystemExit(f"{failed} HTTP requests failed")
+    write_results(Path(args.out), "serve_bench", meta, rows, keys, table(rows))
 
 
 def write_search(args, precision: str, rows: list[dict]) -> None:
@@ -340,17 +329,22 @@ def write_search(args, precision: str, rows: list[dict]) -> None:
             "note": "in-process: the same query bytes decoded, embedded and ranked, sequentially; ranking alone: "
                     "GalleryIndex.search of one embedded query; gallery: random unit vectors (speed does not "
                     "depend on them)"}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_search_bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     keys = ["gallery", "concurrency", "requests", "p50_ms", "p99_ms", "rps", "base_p50_ms", "base_p99_ms",
             "base_rps", "rank_only_ms", "overhead_p50", "vs_inprocess_rps", "start_s", "failures", "load_avg_1m"]
-    with open(out / "serve_search_bench.csv", "w", newline="") as fh:
+    write_results(Path(args.out), "serve_search_bench", meta, rows, keys, search_table(rows))
+
+
+def write_results(out: Path, name: str, meta: dict, rows: list[dict], keys: list[str], table_text: str) -> None:
+    """``<name>.json`` (meta and rows) and ``<name>.csv`` (``keys``) in ``out``; print meta and table; exit 1
+    if any HTTP request failed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    with open(out / f"{name}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     print(json.dumps(meta))
-    print(search_table(rows))
+    print(table_text)
     failed = sum(r.get("failures", 0) for r in rows)
     if failed:
         raise SystemExit(f"{failed} HTTP requests failed")
