@@ -158,6 +158,16 @@ def test_an_operational_field_no_longer_valid_does_not_block_a_resume(tmp_path):
     check_resume(tmp_path / "config.yaml", tiny(tmp_path))  # (-1 was the default before restarts were bounded)
 
 
+def test_a_run_on_a_real_dataset_resumes_and_its_dataset_may_move(tmp_path):
+    # data.root is required for every dataset but the synthetic one: the check must read it, not drop it
+    first = tiny(tmp_path, **{"data.dataset": "cuhk01", "data.root": "/data/cuhk01"})
+    save_config(first, tmp_path / "config.yaml")
+    check_resume(tmp_path / "config.yaml", first)
+    check_resume(tmp_path / "config.yaml", tiny(tmp_path, **{"data.dataset": "cuhk01", "data.root": "/mnt/cuhk01"}))
+    with pytest.raises(ConfigError, match=r"changed config \(data.dataset: 'cuhk01' -> 'cuhk03'\)"):
+        check_resume(tmp_path / "config.yaml", tiny(tmp_path, **{"data.dataset": "cuhk03", "data.root": "/data/c3"}))
+
+
 def test_a_saved_config_that_no_longer_loads_is_refused_naming_the_file(tmp_path):
     (tmp_path / "config.yaml").write_text("dral: {no_such_key: 1}\n")
     with pytest.raises(ConfigError, match=r"config.yaml: the resumed run's saved config cannot be read"):

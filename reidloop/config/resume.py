@@ -52,13 +52,14 @@ def check_resume(path: str | Path, new: Any) -> None:
     path = Path(path)
     try:
         tree = yaml.safe_load(path.read_text()) or {}
-        for dotted in OPERATIONAL:  # never compared, so never a reason to refuse (e.g. a value no longer valid)
-            *parents, leaf = dotted.split(".")
-            node = tree
+        current = _flatten(to_dict(new))
+        for dotted in OPERATIONAL:  # never compared, so never a reason to refuse (e.g. a moved dataset that
+            *parents, leaf = dotted.split(".")  # no longer exists): the saved value is read as the new one,
+            node = tree  # not dropped, since a dropped required field (data.root of a real dataset) fails
             for key in parents:
                 node = node.get(key) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node.pop(leaf, None)
+            if isinstance(node, dict) and leaf in node:
+                node[leaf] = current.get(dotted)
         saved = from_dict(type(new), tree)
     except (OSError, yaml.YAMLError, ConfigError) as exc:
         raise ConfigError(f"{path}: the resumed run's saved config cannot be read ({exc}); "
