@@ -129,15 +129,16 @@ def crashing_loop(job, after: int):
     return CrashingLoop(job, after)
 
 
-def write_checkpoint(path, seed: int = 0, backbone: str = "resnet18", **extra):
-    """An untrained embedding model (no classifier) seeded by ``seed``, saved with ``extra`` metrics; returned."""
+def write_checkpoint(path, seed: int = 0, backbone: str = "resnet18", num_classes: int = 0, **extra):
+    """An untrained embedding model seeded by ``seed`` (with a ``num_classes`` classifier, as a supervised
+    source model has; none by default), saved with ``extra`` metrics; returned."""
     import torch
 
     from reidloop.config import ModelConfig
     from reidloop.models import build_model, save_checkpoint
 
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(backbone=backbone), num_classes=0)
+    model = build_model(ModelConfig(backbone=backbone), num_classes=num_classes)
     save_checkpoint(path, model, extra=extra)
     return model
 

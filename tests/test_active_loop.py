@@ -109,6 +109,22 @@ def test_resume_after_a_crash_asks_the_same_pairs(tmp_path, tiny_checkpoint, uni
     assert resumed.answers == full.answers
 
 
+def test_a_run_from_a_source_model_with_a_classifier_resumes_after_a_round(tmp_path):
+    """A supervised source model keeps its classifier (e.g. CUHK03's 767 identities); the round checkpoints
+    have none (the fine-tune drops it), and resuming loads one into the other."""
+    from conftest import write_checkpoint
+
+    source = tmp_path / "source.pt"
+    write_checkpoint(source, seed=0, num_classes=5)
+    full = ActiveLearningLoop(tiny_job(tmp_path / "full", source, tmp_path / "cache"), progress=False).run()
+    job = tiny_job(tmp_path / "crash", source, tmp_path / "cache")
+    with pytest.raises(Crash):
+        crashing_loop(job, after=23).run()  # inside round 2: round 1 is checkpointed
+    resumed = ActiveLearningLoop(job, progress=False).run()
+    assert sorted(zip(*answered(tmp_path / "full"))) == sorted(zip(*answered(tmp_path / "crash")))
+    assert [r["mAP"] for r in resumed.rounds] == pytest.approx([r["mAP"] for r in full.rounds])
+
+
 def test_resume_with_a_changed_config_is_refused(tmp_path, tiny_checkpoint):
     cache = tmp_path / "cache"
     job = tiny_job(tmp_path / "r", tiny_checkpoint, cache)

@@ -424,6 +424,8 @@ class ActiveLearningLoop:
             if extra.get("round") != r or not rounds or rounds[-1]["round"] != r:
                 raise ValueError(f"{folder}: model.pt is of round {extra.get('round')} and rounds.parquet ends at "
                                  f"round {rounds[-1]['round'] if rounds else None}, but state.json says round {r}")
+            # a round's model has no classifier (the fine-tune drops it); a source checkpoint may have one
+            model.reset_classifier(0 if trained.classifier is None else trained.classifier.out_features)
             model.load_state_dict(trained.state_dict())
             strategy.load_state_dict(torch.load(folder / "strategy.pt", weights_only=True))
             result.rounds = rounds
