@@ -61,8 +61,9 @@ def connect(cfg: RayConfig) -> None:
 class RayActiveLearningLoop(ActiveLearningLoop):
     """``ActiveLearningLoop`` on Ray: actors for agent, labelling and episodes; Ray Train; sharded embedding."""
 
-    def __init__(self, job: LoopJob, progress: bool = True, on_round=None, lease_wait_s: float = 0.0) -> None:
-        super().__init__(job, progress, on_round, lease_wait_s)
+    def __init__(self, job: LoopJob, progress: bool = True, on_round=None, lease_wait_s: float = 0.0,
+                 on_board=None) -> None:
+        super().__init__(job, progress, on_round, lease_wait_s, on_board)
         self.agent: RemoteStrategy | None = None
         self.service: ServiceOracle | None = None
         self.workers: list = []
@@ -127,6 +128,8 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         return self.agent
 
     def open_oracle(self, pids: np.ndarray, budget: int, pool):
+        if self.job.oracle.mode == "human":  # people answer the driver's annotator page; the log stays the truth
+            return super().open_oracle(pids, budget, pool)
         out = self.out.resolve()
         self.service = start_labelling_service(str(out / "answers"), str(out / "pool.parquet"), pids,
                                                [r.path for r in pool], self.job.oracle, budget,

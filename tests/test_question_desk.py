@@ -420,8 +420,10 @@ def test_oracle_config_mode_and_lease():
     assert (OracleConfig().mode, OracleConfig().lease_s) == ("simulated", 120.0)
     with pytest.raises(ConfigError, match="mode"):
         load_config(OracleConfig, None, ["mode=robot"])
-    with pytest.raises(ConfigError, match="oracle.mode: 'human' is not wired into the loop yet"):
-        load_config(LoopJob, None, ["oracle.mode=human"])  # accepted by the oracle, refused by the loop for now
+    job = load_config(LoopJob, None, ["oracle.mode=human", "annotator.port=0"])
+    assert (job.oracle.mode, job.annotator.host, job.annotator.port) == ("human", "127.0.0.1", 0)
+    with pytest.raises(ConfigError, match="annotator.port"):
+        load_config(LoopJob, None, ["annotator.port=70000"])
     for bad in (0, -1, float("inf")):
         with pytest.raises(ConfigError, match="lease_s"):
             OracleConfig(lease_s=bad)

@@ -56,14 +56,24 @@ def summary_lines(job: LoopJob, result) -> list[str]:
 
 
 def run(job: LoopJob, progress: bool = True, local: bool = False):
+    page = None
+    if job.oracle.mode == "human":
+        from services.annotator_page import AnnotatorPage
+
+        page = AnnotatorPage(job.annotator)
+    on_board = page.open if page is not None else None
     if local:
-        loop = ActiveLearningLoop(job, progress=progress)
+        loop = ActiveLearningLoop(job, progress=progress, on_board=on_board)
     else:
         from services.ray_loop import RayActiveLearningLoop, connect
 
-        loop = RayActiveLearningLoop(job, progress=progress)
+        loop = RayActiveLearningLoop(job, progress=progress, on_board=on_board)
         connect(job.ray)
-    result = loop.run()
+    try:
+        result = loop.run()
+    finally:
+        if page is not None:
+            page.close()
     rows = {f"round {r['round']} ({r['answers']} answers)": r for r in result.rounds}
     print(format_metrics(rows))
     print("\n".join(summary_lines(job, result)), flush=True)

@@ -24,11 +24,18 @@ class ReplayingOracle:
     replayed are not "known" yet, exactly as in the interrupted run at that point.
     """
 
-    def __init__(self, oracle: SimulatedOracle, pending: list[tuple[int, int, int]]) -> None:
+    def __init__(self, oracle: SimulatedOracle, pending: list[tuple[int, int, int]], lenient: bool = False) -> None:
+        """``lenient``: the replay of a round after an annotator's undo (``oracle.mode: human``). A retracted
+        answer is gone from ``pending``, and an answer re-given may differ, so the strategy may ask something
+        else from that point on: instead of raising ResumeDiverged, the answers not replayed yet become what
+        they are in the log, answered pairs (free when asked again: they were paid for), and the question
+        goes to the oracle."""
         self.oracle = oracle
         self.pending = list(pending)
         self._pending_keys = {(min(q, c), max(q, c)) for q, c, _ in pending}
         self.replayed = 0
+        self.lenient = lenient
+        self.diverged = False
 
     @property
     def remaining(self) -> int:
@@ -46,6 +53,12 @@ class ReplayingOracle:
         if not self.pending:
             return self.oracle.ask(q, c, round=round, step=step, strategy=strategy)
         pq_, pc, y = self.pending[0]
+        if {pq_, pc} != {q, c} and self.lenient:
+            self.diverged = True
+            self.pending.clear()
+            self._pending_keys.clear()
+            y = self.oracle.known(q, c)
+            return y if y is not None else self.oracle.ask(q, c, round=round, step=step, strategy=strategy)
         if {pq_, pc} != {q, c}:
             raise ResumeDiverged(f"resumed run asked ({q}, {c}) where the log has ({pq_}, {pc}); "
                                  "was the config or code changed between the runs?")

@@ -20,6 +20,8 @@ environment workers; everything it needs is the public functions of this module.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -44,6 +46,7 @@ from ..engine.features import extract_features
 from ..engine.precision import resolve_device, resolve_precision
 from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
+from ..annotation import Board, HumanOracle, QuestionDesk
 from ..oracle import SimulatedOracle
 from ..pair_knowledge import PairKnowledge
 from ..progress import bar as progress_bar
@@ -87,6 +90,7 @@ class LoopResult:
     output_dir: str = ""
     resumed_from_round: int | None = None
     replayed_answers: int = 0
+    undo_replays: int = 0  # oracle.mode: human: rounds asked again because an annotator undid an answer
 
     def final(self) -> dict:
         return self.rounds[-1] if self.rounds else {}
@@ -114,10 +118,15 @@ class ActiveLearningLoop:
     """
 
     def __init__(self, job: LoopJob, progress: bool = True,
-                 on_round: Callable[[dict, Path], None] | None = None, lease_wait_s: float = 0.0) -> None:
+                 on_round: Callable[[dict, Path], None] | None = None, lease_wait_s: float = 0.0,
+                 on_board: Callable[[Board], None] | None = None) -> None:
         self.job = job
         self.progress = progress
         self.on_round = on_round  # called with (metrics row, output dir) after each round's checkpoint
+        # oracle.mode: human: called once with the run's Board when its oracle opens (the entry point serves
+        # the annotator page over it); the board is also ``self.board``
+        self.on_board = on_board
+        self.board: Board | None = None
         self.out = Path(job.output_dir)
         # One writer per run folder (reidloop.lease): a live holder fails the start at once, unless it is
         # given this long to end (a restarted Tune trial waits for the killed one's actor to go)
@@ -125,6 +134,7 @@ class ActiveLearningLoop:
         self.lease: Lease | None = None
         self.budget: int | None = None  # the run's answer budget, and the queries after this round's: set by run()
         self.queries_after = 0
+        self.queries_total = 0  # the queries the run browses at most
         self.device = resolve_device(job.pretrain.device)
 
     # ---- setup
@@ -190,9 +200,17 @@ class ActiveLearningLoop:
     def open_oracle(self, pids: np.ndarray, budget: int, pool: Sequence[ImageRecord]):
         """(answer log, oracle): the log is read / flushed / compacted by ``run``, the oracle asked."""
         answer_log = AnswerLog(self.out / "answers", flush_every=self.job.oracle.flush_every)
-        oracle = SimulatedOracle(pids, replace(self.job.oracle, budget=budget), log=answer_log,
-                                 paths=[r.path for r in pool])
-        return answer_log, oracle
+        cfg = replace(self.job.oracle, budget=budget)
+        paths = [r.path for r in pool]
+        if cfg.mode == "human":  # people answer from the annotator page; the log is the truth, as always
+            oracle = HumanOracle(len(pool), QuestionDesk(lease_s=cfg.lease_s), cfg, log=answer_log, paths=paths)
+            curve = self.out / "curve.png"
+            self.board = Board(oracle.desk, oracle, paths, budget=budget, queries_total=self.queries_total,
+                               curve=lambda: curve if curve.exists() else None)
+            if self.on_board is not None:
+                self.on_board(self.board)
+            return answer_log, oracle
+        return answer_log, SimulatedOracle(pids, cfg, log=answer_log, paths=paths)
 
     def embed(self, model, records, desc: str) -> np.ndarray:
         return extract_features(model, records, height=self.job.data.height, width=self.job.data.width,
@@ -251,6 +269,8 @@ class ActiveLearningLoop:
         """
         job = self.job
         cands = nearest_candidates_all(features, metric, queries, job.dral.ns)
+        if self.board is not None:
+            self.board.set_round(round_, queries, cands)
         self.round_stats = stats = EpisodeStats()  # the paper's gamma, whatever the agent's: rows compare
         bar = progress_bar(len(queries), f"round {round_} queries", enabled=self.progress)
 
@@ -273,6 +293,10 @@ class ActiveLearningLoop:
         self.lease = Lease(self.out).acquire(wait_s=self.lease_wait_s)
         try:
             return self.run_rounds()
+        except BaseException as exc:
+            if self.board is not None:  # the page says so instead of waiting for ever
+                self.board.set_phase("failed", f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             try:
                 self.close()
@@ -293,8 +317,10 @@ class ActiveLearningLoop:
             self.job = job = replace(job, dral=replace(
                 job.dral, epsilon_decay_steps=max(1, round(job.dral.epsilon_decay_fraction * budget))))
         strategy = self.make_strategy()
-        self.budget = budget
+        self.budget, self.queries_total = budget, len(order)
         answer_log, oracle = self.open_oracle(pids, budget, pool)
+        # a page's undo appends to the log from another thread: the log is read and written under its lock
+        log_lock = oracle.lock if isinstance(oracle, HumanOracle) else contextlib.nullcontext()
         result = LoopResult(output_dir=str(self.out))
         start = time.perf_counter()
 
@@ -306,6 +332,9 @@ class ActiveLearningLoop:
             result.rounds.append({**self._row(0, 0, metrics, start, 0.0),  # (a resumed round 1 has answers logged)
                                   "links_settled": 0.0})
             log.info("round 0 (pre-trained): %s", format_metrics({job.strategy: metrics}).splitlines()[1])
+        if self.board is not None:
+            for row in result.rounds:
+                self.board.add_round(row)
         features = self.embed(model, pool, "pool")
         slices = round_slices(len(order), job.finetune.every)
         table = None
@@ -317,7 +346,8 @@ class ActiveLearningLoop:
                 log.info("every query browsed after round %d with %d of %d answers spent", r - 1, oracle.used, budget)
                 break
             if table is None:  # else the log as the last round left it, read once at its end
-                table = effective(answer_log.read())  # the answers in force (no retractions)
+                with log_lock:
+                    table = effective(answer_log.read())  # the answers in force (no retractions)
             rounds_col = table.column("round").to_numpy()
             before, pending = table.filter(pa.array(rounds_col < r)), table.filter(pa.array(rounds_col >= r))
             q_all, c_all, y_all = answered_pairs(before)
@@ -332,8 +362,9 @@ class ActiveLearningLoop:
             if by_answers:  # this round's share of the budget, from where the last round stopped browsing
                 quota = round(r * budget / len(slices)) - before.num_rows
                 asker, queries = RoundQuota(asker, quota), order[cursor:]
-            knowledge = PairKnowledge(n, zip(q_all.tolist(), c_all.tolist(), y_all.tolist())) \
-                if job.infer_answers else None
+            def knowledge_at_start():  # a fresh copy for each attempt at the round
+                return PairKnowledge(n, zip(q_all.tolist(), c_all.tolist(), y_all.tolist())) \
+                    if job.infer_answers else None
             self.round_stats = None  # set by ask_round
             browsed = len(queries)
             self.queries_after = len(order) - (cursor if by_answers else sl.start) - len(queries)  # later rounds'
@@ -341,38 +372,85 @@ class ActiveLearningLoop:
                 share = round(r * budget / len(slices)) - round((r - 1) * budget / len(slices))
                 browsed = min(len(queries), -(-share // job.dral.kmax)) if by_answers else len(queries)
             elif asker.remaining:
-                browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge)
+                if isinstance(oracle, HumanOracle):
+                    browsed, replaying = self.ask_round_undoable(r, queries, features, metric, strategy, oracle,
+                                                                 asker, knowledge_at_start, result)
+                else:
+                    browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge_at_start())
             else:
                 browsed = 0
+            if isinstance(oracle, HumanOracle):
+                oracle.close_round(r)  # no answer of this round can be undone once the CNN learns from it
             if not oracle.remaining:
                 log.info("annotation budget of %d questions spent in round %d", budget, r)
             cursor = (cursor if by_answers else sl.start) + browsed
             if isinstance(replaying, ReplayingOracle):
-                if replaying.pending:
+                if replaying.pending and not replaying.lenient:
                     raise ResumeDiverged(f"round {r} ended with {len(replaying.pending)} logged answers not "
                                          "replayed; was the config or code changed between the runs?")
                 result.replayed_answers += replaying.replayed
-            answer_log.flush()
-            table = effective(answer_log.read())  # the answers in force, read once for what follows and next round
+            with log_lock:
+                answer_log.flush()
+                table = effective(answer_log.read())  # the answers in force, read once for what follows and next round
             answered_now = answered_pairs(table)
             ft_seconds = 0.0
+            if self.board is not None:
+                self.board.set_queries_done(cursor)
+                self.board.set_phase("fine-tuning" if strategy.finetune != "none" else "evaluating")
             if strategy.finetune != "none":
                 mode, pairs, truth = self.training_pairs(strategy, answered_now, features, pids, order[:cursor])
                 stats = self.finetune(model, pool, mode, r, pairs, pids, truth)
                 ft_seconds = stats.seconds
                 features = self.embed(model, pool, "pool")  # the new CNN re-initialises the states
+            if self.board is not None:
+                self.board.set_phase("evaluating")
             metrics = self.evaluate(model, splits)
             result.rounds.append({**self._row(r, oracle.used, metrics, start, ft_seconds, self.round_stats),
                                   "links_settled": settled_link_share(answered_now, pids)})
             log.info("%s", round_line(result.rounds[-1], budget))
+            if self.board is not None:
+                self.board.add_round(result.rounds[-1])
             self._save_state(r, model, strategy, result, oracle.used, cursor)
-            answer_log.compact()
+            with log_lock:
+                answer_log.compact()
             if self.on_round is not None:
                 self.on_round(result.rounds[-1], self.out)
-        answer_log.close()
+        with log_lock:
+            answer_log.close()
         result.answers = oracle.used
         self._write_summary(result, splits, len(pool), len(order), budget)
+        if self.board is not None:
+            self.board.set_phase("done")
         return result
+
+    def ask_round_undoable(self, r: int, queries: np.ndarray, features: np.ndarray, metric: Metric,
+                           strategy: Strategy, oracle: HumanOracle, asker, knowledge_at_start, result: LoopResult):
+        """Round ``r`` asked of people, replayed from its start while annotators undo answers the agent had
+        already learnt from (``oracle.mode: human``); (queries browsed, the asker of the last attempt).
+
+        The oracle's round is closed before the retractions are read (none can come later); a replay restores
+        the strategy to the round's start and serves the round's answers in force in their order, leniently
+        (``ReplayingOracle(lenient=True)``): the agent sees one consistent history in which the undone answer
+        is asked again, and answers given after it are free where it asks them again.
+        """
+        start = copy.deepcopy(strategy.state_dict())
+        quota = asker.quota if isinstance(asker, RoundQuota) else None
+        while True:
+            mark = oracle.retractions
+            browsed = self.ask_round(r, queries, features, metric, strategy, asker, knowledge_at_start())
+            oracle.close_round(r)
+            undone = oracle.retracted_since(mark)
+            if not undone:
+                return browsed, asker.asker if isinstance(asker, RoundQuota) else asker
+            log.info("round %d: %d answer(s) undone by %s; replaying the round from its start", r, len(undone),
+                     ", ".join(sorted({u.annotator for u in undone})))
+            result.undo_replays += 1
+            strategy.load_state_dict(copy.deepcopy(start))
+            table = effective(oracle.read())
+            mine = table.filter(pa.array(table.column("round").to_numpy() >= r))
+            asker = ReplayingOracle(oracle, list(zip(*answered_pairs(mine))), lenient=True)
+            if quota is not None:
+                asker = RoundQuota(asker, quota)
 
     def _warm_start_once(self, model, strategy: Strategy) -> None:
         """``dral.warmstart_passes`` on the pre-trained CNN; its result is kept, so a resumed run reloads it."""

@@ -91,6 +91,7 @@ class HumanOracle:
             raise ValueError(f"timeout_s: {timeout_s!r} must be > 0 or None (wait for ever)")
         self.desk, self.cfg, self.log, self.paths, self.timeout_s = desk, cfg, log, paths, timeout_s
         self.lock = threading.RLock()
+        self._logged = threading.Condition(self.lock)  # notified once a batch of answers is in the log
         self._answers: dict[tuple[int, int], int] = {}
         self._returned: dict[int, Optional[int]] = {}  # desk id -> log question_id of the answer the loop got
         self._retractions: list[Retraction] = []
@@ -178,6 +179,7 @@ class HumanOracle:
                     out[i] = a.answer
                 if self.log is not None:
                     self.log.flush()
+                self._logged.notify_all()
                 for i, key in repeats:
                     out[i] = self._answers[key]
                 return out
@@ -206,6 +208,19 @@ class HumanOracle:
                                     undone.answer, annotator, qid, record_id)
             self._retractions.append(retraction)
             return undone
+
+    def wait_logged(self, desk_id: int, timeout_s: float) -> bool:
+        """Block until the answer to desk question ``desk_id`` is in the log (flushed) and returned to the
+        loop; False after ``timeout_s`` (nothing is waiting for that question, or it was undone)."""
+        with self._logged:
+            return self._logged.wait_for(lambda: desk_id in self._returned, timeout_s)
+
+    def read(self):
+        """The answer log's table (retractions included), read under ``lock``."""
+        if self.log is None:
+            raise ValueError("this HumanOracle keeps no answer log")
+        with self.lock:
+            return self.log.read()
 
     def close_round(self, round: int) -> None:
         """No answer of rounds <= ``round`` can be undone from now on (call before fine-tuning on them)."""

@@ -21,6 +21,7 @@ OPERATIONAL = frozenset({
     "data.num_workers", "eval.batch_size",  # data-loader processes, inference batch: same features
     "oracle.flush_every",  # answers per durable part
     "oracle.lease_s",  # human mode: how long a question handed to an annotator stays theirs
+    "annotator.host", "annotator.port", "annotator.token_file", "annotator.read_token_file",  # where the page is
     "pretrain.log_every",
     "ray.address", "ray.storage_path", "ray.max_failures", "ray.actor_max_restarts",
     "ray.train_workers", "ray.cpus_per_train_worker", "ray.use_gpu",  # a bigger or smaller cluster

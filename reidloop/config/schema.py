@@ -209,7 +209,7 @@ class DralConfig:
 
 @dataclass
 class OracleConfig:
-    """The annotator: simulated (answers from ground-truth ids) or human (issue 18, not wired yet).
+    """The annotator: simulated (answers from ground-truth ids) or human (people, in the annotator page).
 
     ``mode: human``: the questions the agent asks wait on a question desk (``reidloop.annotation``) and
     people answer them; ``lease_s`` is how long a question handed to one annotator stays theirs before it
@@ -230,6 +230,25 @@ class OracleConfig:
         _check(self.mode in ("simulated", "human"), "mode", self.mode, "must be 'simulated' or 'human'")
         _check(math.isfinite(self.lease_s) and self.lease_s > 0, "lease_s", self.lease_s,
                "must be a finite number of seconds > 0")
+
+
+@dataclass
+class AnnotatorConfig:
+    """The annotator page of ``oracle.mode: human`` (``services/annotator_app.py``), served by the driver.
+
+    It binds ``host``:``port`` (loopback unless configured); a host other than loopback needs a token: admin
+    (answer, undo) from ``token_file`` or $REIDLOOP_TOKEN, read-only (watch) from ``read_token_file`` or
+    $REIDLOOP_READ_TOKEN, as the Serve app's tokens (``reidloop/serving/access.py``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8300
+    token_file: Optional[str] = None
+    read_token_file: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host), "host", self.host, "must name an interface (127.0.0.1 by default)")
+        _check(0 <= self.port <= 65535, "port", self.port, "must be a TCP port (0: any free one)")
 
 
 @dataclass
@@ -310,6 +329,7 @@ class LoopJob:
     strategy: str = "dral"
     dral: DralConfig = field(default_factory=DralConfig)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)  # the page of oracle.mode: human
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -342,9 +362,6 @@ class LoopJob:
                self.pretrain_fraction, "must be in (0, 1) when no checkpoint is given")
         _check(self.max_queries is None or self.max_queries >= 1, "max_queries", self.max_queries, "must be >= 1")
         _check(self.rounds in ("queries", "answers"), "rounds", self.rounds, "must be 'queries' or 'answers'")
-        _check(self.oracle.mode == "simulated", "oracle.mode", self.oracle.mode,
-               "is not wired into the loop yet: the question desk and HumanOracle exist (reidloop/annotation/), "
-               "the annotator page and the round replay on undo do not (issue 18); use 'simulated'")
         _check(self.episodes_in_flight is None or self.episodes_in_flight >= 1, "episodes_in_flight",
                self.episodes_in_flight, "must be >= 1 (or null: 1 in one process, ray.env_workers on Ray)")
         _check(self.rounds == "queries" or (self.oracle.budget or 0) > 0, "oracle.budget", self.oracle.budget,
