@@ -9,7 +9,7 @@ ARGS   ?=
 CUHK01 ?= ../shared/data/cuhk01
 CUHK03 ?= ../shared/data/cuhk03
 
-.PHONY: venv run serve sweep test test-fast bench bench-cuhk01 clean-runs
+.PHONY: venv run serve sweep annotate test test-fast bench bench-cuhk01 clean-runs
 
 venv: $(STAMP)
 
@@ -51,6 +51,13 @@ serve: $(STAMP)
 SWEEP ?= tune_configs/sweep_synthetic.yaml
 sweep: $(STAMP)
 	$(PY) -m trainers.sweep --config $(SWEEP) $(ARGS)
+
+# A run whose questions people answer in a browser (oracle.mode: human): the annotator page is printed once
+# the pre-trained model is evaluated (http://127.0.0.1:8300). 40 answers, a round (fine-tune, metrics) every 10.
+ANNOTATE_OUT ?= runs/annotate
+annotate: $(STAMP)
+	$(PY) -m trainers.run_job --config $(CONFIG) --local --set oracle.mode=human --set rounds=answers \
+	    --set oracle.budget=40 --set finetune.every=0.25 --set output_dir=$(ANNOTATE_OUT) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

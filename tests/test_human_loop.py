@@ -2,56 +2,21 @@
 answer, the loop asks, logs, fine-tunes and replays a round when someone undoes an answer."""
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
+from annotators import Annotator
 from conftest import answered, tiny_job
 from reidloop.active.loop import ActiveLearningLoop
 from reidloop.answer_log import AnswerLog, effective
 from reidloop.data.registry import build_splits
 
 
-class Annotator(threading.Thread):
-    """A person at the page: takes the desk's questions and answers them from the true identities.
-
-    ``script(ticket, board) -> answer`` may answer otherwise (a mistake) or act first (an undo); it wakes on
-    the desk's events (no polling) and stops when the run ends.
-    """
-
-    def __init__(self, board, pids, name="alice", script=None):
-        super().__init__(daemon=True)
-        self.board, self.pids, self.name, self.script = board, pids, name, script
-        self.wake, self.stopping, self.answers = threading.Event(), threading.Event(), 0
-        board.desk.on_change = lambda event: self.wake.set()
-
-    def truth(self, q, c):
-        return 1 if self.pids[q] == self.pids[c] else -1
-
-    def run(self):
-        while not self.stopping.is_set():
-            self.wake.clear()  # before looking: an event after this wakes the wait below
-            question = self.board.next(self.name)
-            if question is None:
-                self.wake.wait()
-                continue
-            q, c = question["query"], question["candidate"]
-            y = self.script(question, self) if self.script is not None else self.truth(q, c)
-            if self.board.answer(self.name, question["id"], y):
-                self.answers += 1
-
-    def stop(self):
-        self.stopping.set()
-        self.wake.set()
-        self.join(timeout=30)
-
-
 def run_human(job, pids, script=None):
     annotators = []
 
     def on_board(board):
-        a = Annotator(board, pids, script=script)
+        a = Annotator(board, lambda i: pids[i], script=script)
         annotators.append(a)
         a.start()
 

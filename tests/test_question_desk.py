@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import wait_for
 from reidloop.annotation import DeskEvent, HumanOracle, NotOffered, QuestionDesk, Undone, UnknownQuestion
 from reidloop.answer_log import SCHEMA, SCHEMA_V1, AnswerLog, effective
 from reidloop.config import ConfigError, LoopJob
@@ -434,3 +435,53 @@ def test_the_annotation_core_does_not_import_ray():
     code = ("import sys, reidloop.annotation, reidloop.answer_log; "
             "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# ---------------------------------------------------------------- the journal: answers durable when given
+def test_an_answer_given_while_its_batch_waits_survives_a_restart_and_is_not_asked_again(tmp_path):
+    """People answer in their own order, the log takes a batch in the loop's order: the journal keeps what
+    was given in between, so a restart (a new desk and oracle over the same files) asks only what is left."""
+    from reidloop.annotation import Board
+    from reidloop.annotation.journal import DeskJournal
+
+    def start():
+        desk = QuestionDesk(clock=Clock())
+        oracle = HumanOracle(len(PIDS), desk, OracleConfig(), AnswerLog(tmp_path / "answers"),
+                             journal=DeskJournal(tmp_path / "desk-journal.jsonl"), timeout_s=JOIN_S)
+        return desk, oracle, Board(desk, oracle, [f"img{i}.jpg" for i in range(len(PIDS))])
+
+    batch = [(0, 1, 1, 0), (2, 3, 1, 0), (4, 5, 1, 0)]
+    desk, oracle, board = start()
+    asked = threading.Thread(target=lambda: oracle.ask_batch(batch, "dral"), daemon=True)
+    asked.start()  # the loop waits for all three (it will never see them: the process "dies")
+    wait_for(lambda: desk.status()["questions"] == 3, "the batch on the desk")
+    first, second = board.next("ann"), board.next("bob")
+    assert board.answer("ann", first["id"], -1) and board.answer("bob", second["id"], 1)  # "counted"
+    assert board.undo("bob")["id"] == second["id"]  # ... and bob took his back
+    assert len(AnswerLog(tmp_path / "answers")) == 0  # the batch is not complete: nothing in the log yet
+
+    desk, oracle, board = start()  # the restart: the old desk and its waiting thread are gone
+    with Annotator(desk, name="cat") as cat:
+        got = ask(oracle, cat, batch)
+    assert got == [-1, truth(2, 3), truth(4, 5)]  # ann's answer kept (even where she erred), bob's undone
+    assert cat.answered_while_asker_waited == [True, True]  # only the two left were asked again
+    records = AnswerLog(tmp_path / "answers").records()
+    assert [(r.query, r.candidate, r.answer, r.annotator) for r in records] == \
+        [(0, 1, -1, "ann"), (2, 3, truth(2, 3), "cat"), (4, 5, truth(4, 5), "cat")]  # the loop's order
+    journal = (tmp_path / "desk-journal.jsonl").read_text()  # compacted at the restart: bob's undo is gone
+    assert journal.count("\n") == 1 and '"annotator": "ann"' in journal  # (cat answered on the desk itself)
+    start()
+    assert (tmp_path / "desk-journal.jsonl").read_text() == ""  # the log holds everything: the journal empties
+
+
+def test_a_torn_last_journal_line_is_ignored_and_any_other_bad_line_named(tmp_path):
+    from reidloop.annotation.journal import DeskJournal
+
+    j = DeskJournal(tmp_path / "j.jsonl")
+    j.answer((0, 1), 1, "ann", datetime.now(timezone.utc))
+    with open(j.path, "a") as f:
+        f.write('{"pair": [2, 3], "ans')  # a crash mid-write: this answer was never acknowledged
+    assert list(j.pending()) == [(0, 1)]
+    j.path.write_text('{"pair": [2, 3]}\n' + j.path.read_text())
+    with pytest.raises(ValueError, match=r"j.jsonl: line 1 is not a journal entry"):
+        j.pending()

@@ -221,6 +221,33 @@ def test_one_env_worker_asks_exactly_what_the_in_process_loop_asks(ray_session, 
         assert {k: a[k] for k in TRACE} == {k: b[k] for k in TRACE}  # the same episodes, traced alike
 
 
+def test_people_answer_a_ray_run_exactly_as_the_simulated_oracle_does(ray_session, work, tiny_checkpoint):
+    """oracle.mode: human on Ray: the desk and the page live in the driver, the agent and env workers in actors;
+    a truthful annotator's answers reach the agent as the labelling service's do."""
+    from annotators import Annotator
+    from services.ray_loop import RayActiveLearningLoop
+
+    # two episodes in flight on two env workers; the in-process loop asks the same (the test above)
+    over = {"ray.env_workers": 2, "episodes_in_flight": 2, "strategy": "dral"}
+    simulated = ActiveLearningLoop(ray_job(work, tiny_checkpoint, "people-sim", **over), progress=False).run()
+    people = []
+
+    def on_board(board):
+        people.append(Annotator(board, lambda i: pid_of(str(board.image_path(i))), name="bob"))
+        people[-1].start()
+
+    job = ray_job(work, tiny_checkpoint, "people", **over, **{"oracle.mode": "human"})
+    try:
+        human = RayActiveLearningLoop(job, progress=False, on_board=on_board).run()
+    finally:
+        for p in people:
+            p.stop()
+    assert log_rows(work / "people") == log_rows(work / "people-sim")  # the same questions, in the same order
+    assert human.answers == simulated.answers == people[0].answers > 0
+    assert [r["mAP"] for r in human.rounds] == pytest.approx([r["mAP"] for r in simulated.rounds])
+    assert set(AnswerLog(work / "people" / "answers").read().column("annotator").to_pylist()) == {"bob"}
+
+
 def test_episodes_in_flight_decide_the_questions_not_the_workers(ray_session, work, tiny_checkpoint, reference):
     """Two episodes in flight ask the same questions in one process, on one env worker and on two (the reference)."""
     from services.ray_loop import RayActiveLearningLoop

@@ -47,6 +47,7 @@ from ..engine.precision import resolve_device, resolve_precision
 from ..engine.train import train_supervised
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..annotation import Board, HumanOracle, QuestionDesk
+from ..annotation.journal import DeskJournal
 from ..oracle import SimulatedOracle
 from ..pair_knowledge import PairKnowledge
 from ..progress import bar as progress_bar
@@ -135,6 +136,7 @@ class ActiveLearningLoop:
         self.budget: int | None = None  # the run's answer budget, and the queries after this round's: set by run()
         self.queries_after = 0
         self.queries_total = 0  # the queries the run browses at most
+        self.queries_before = 0  # the queries earlier rounds browsed
         self.device = resolve_device(job.pretrain.device)
 
     # ---- setup
@@ -203,7 +205,8 @@ class ActiveLearningLoop:
         cfg = replace(self.job.oracle, budget=budget)
         paths = [r.path for r in pool]
         if cfg.mode == "human":  # people answer from the annotator page; the log is the truth, as always
-            oracle = HumanOracle(len(pool), QuestionDesk(lease_s=cfg.lease_s), cfg, log=answer_log, paths=paths)
+            oracle = HumanOracle(len(pool), QuestionDesk(lease_s=cfg.lease_s), cfg, log=answer_log, paths=paths,
+                                 journal=DeskJournal(self.out / "desk-journal.jsonl"))
             curve = self.out / "curve.png"
             self.board = Board(oracle.desk, oracle, paths, budget=budget, queries_total=self.queries_total,
                                curve=lambda: curve if curve.exists() else None)
@@ -277,12 +280,18 @@ class ActiveLearningLoop:
         def answers_left() -> int:
             return oracle.remaining if self.budget is None else self.budget - oracle.used
 
+        def started(n: int) -> None:  # n of the round's queries have started
+            if bar is not None:
+                bar.update(n - bar.n)
+            if self.board is not None:
+                self.board.set_queries_done(self.queries_before + n)
+
         try:
             return run_round(self.episode_slots(features, metric), self.episode_agent(strategy),
                              Answers(oracle, knowledge), queries, cands, round_, job.dral.kmax,
                              reward_kind=job.dral.reward, stats=stats, answers_left=answers_left,
                              queries_after=self.queries_after,
-                             progress=None if bar is None else lambda n: bar.update(n - bar.n))
+                             progress=lambda n: started(n))
         finally:
             if bar is not None:
                 bar.close()
@@ -358,6 +367,7 @@ class ActiveLearningLoop:
             if pending.num_rows:  # the round was interrupted: replay it
                 asker = replaying = ReplayingOracle(oracle, list(zip(*answered_pairs(pending))))
                 result.resumed_from_round = r
+                log.info("round %d was interrupted: replaying its %d logged answers", r, pending.num_rows)
             queries = order[sl]
             if by_answers:  # this round's share of the budget, from where the last round stopped browsing
                 quota = round(r * budget / len(slices)) - before.num_rows
@@ -368,6 +378,7 @@ class ActiveLearningLoop:
             self.round_stats = None  # set by ask_round
             browsed = len(queries)
             self.queries_after = len(order) - (cursor if by_answers else sl.start) - len(queries)  # later rounds'
+            self.queries_before = cursor if by_answers else sl.start  # earlier rounds' (for the page's progress)
             if not strategy.asks_questions:  # the learners' UpperBound browses as one spending Kmax per query
                 share = round(r * budget / len(slices)) - round((r - 1) * budget / len(slices))
                 browsed = min(len(queries), -(-share // job.dral.kmax)) if by_answers else len(queries)

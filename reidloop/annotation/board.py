@@ -99,15 +99,15 @@ class Board:
                 "step": ticket.step, "lease_left_s": max(0.0, ticket.leased_until - self.desk.clock()),
                 "ranked": context}
 
-    def answer(self, annotator: str, question_id: int, answer: Optional[int], durable_s: float = 10.0) -> bool:
+    def answer(self, annotator: str, question_id: int, answer: Optional[int]) -> bool:
         """+1 / −1 / None (skip) for desk question ``question_id``; whether it counted (first answer wins).
 
-        An answer that counted is returned only once the loop has it in the answer log (flushed), at most
-        ``durable_s`` later: so a page told "counted" never loses it to a crash of this process.
+        An answer that counted is in the desk's journal (fsynced) before this returns, so a page told "counted"
+        never loses it to a crash of this process (``reidloop/annotation/journal.py``).
         """
         counted = self.desk.answer(question_id, annotator, answer)
         if counted and answer is not None:
-            self.oracle.wait_logged(question_id, durable_s)
+            self.oracle.record(question_id)
         return counted
 
     def undo(self, annotator: str) -> Optional[dict]:

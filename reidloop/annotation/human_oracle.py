@@ -56,6 +56,7 @@ from ..answer_log import AnswerLog, AnswerRecord, effective
 from ..config.schema import OracleConfig
 from ..oracle import AlreadyAsked, BudgetExhausted, Question
 from .desk import QuestionDesk, Undone
+from .journal import DeskJournal
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class HumanOracle:
     """The oracle of ``oracle.mode: human`` over a pool of ``pool_size`` images (indices are pool positions)."""
 
     def __init__(self, pool_size: int, desk: QuestionDesk, cfg: OracleConfig, log: Optional[AnswerLog] = None,
-                 paths: Optional[Sequence[str]] = None, timeout_s: Optional[float] = None) -> None:
+                 paths: Optional[Sequence[str]] = None, timeout_s: Optional[float] = None,
+                 journal: Optional[DeskJournal] = None) -> None:
         self.pool_size = operator.index(pool_size)
         if self.pool_size < 0:
             raise ValueError(f"pool_size: {pool_size!r} must be >= 0")
@@ -90,14 +92,19 @@ class HumanOracle:
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s: {timeout_s!r} must be > 0 or None (wait for ever)")
         self.desk, self.cfg, self.log, self.paths, self.timeout_s = desk, cfg, log, paths, timeout_s
+        self.journal = journal
         self.lock = threading.RLock()
-        self._logged = threading.Condition(self.lock)  # notified once a batch of answers is in the log
         self._answers: dict[tuple[int, int], int] = {}
         self._returned: dict[int, Optional[int]] = {}  # desk id -> log question_id of the answer the loop got
         self._retractions: list[Retraction] = []
         self.used = 0
         if log is not None and len(log):
             self._resume(log)
+        # answers people gave that the log does not hold yet (a restart while their batch waited): served
+        # without asking again, in the order the loop asks for them
+        self._journaled = journal.pending(self._answers) if journal is not None else {}
+        if journal is not None:
+            journal.rewrite(self._journaled)  # drop what the log holds (and a line torn by a crash)
 
     # ---------------------------------------------------------------- the oracle's surface
     @property
@@ -155,31 +162,41 @@ class HumanOracle:
                     new.append((i, key, (int(q), int(c), operator.index(r), operator.index(step))))
         if not new:
             return out
-        ids = self.desk.post([question for _, _, question in new], strategy)
+        with self.lock:
+            to_post = [n for n in new if n[1] not in self._journaled]
+        ids = self.desk.post([question for _, _, question in to_post], strategy) if to_post else []
+        posted = {key: did for (_, key, _), did in zip(to_post, ids)}
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            self.desk.wait(ids, left)
+            if ids:
+                self.desk.wait(ids, left)
             with self.lock:
                 got = self.desk.answers(ids)
                 if len(got) < len(set(ids)):
                     continue  # an answer was undone between the wake-up and the lock: wait for it again
-                for (i, key, (q, c, r, step)), did in zip(new, ids):
-                    a = got[did]
+                for i, key, (q, c, r, step) in new:
+                    did = posted.get(key)
+                    if did is not None:
+                        a = got[did]
+                        answer, annotator, when = a.answer, a.annotator, a.answered_at
+                    else:  # given before a restart, kept by the journal
+                        answer, annotator, when = self._journaled[key]
                     qid = None
                     if self.log is not None:
                         qid = self.log.append(AnswerRecord(
-                            query=q, candidate=c, answer=a.answer, step=step, round=r, strategy=strategy,
+                            query=q, candidate=c, answer=answer, step=step, round=r, strategy=strategy,
                             query_path=None if self.paths is None else str(self.paths[q]),
                             candidate_path=None if self.paths is None else str(self.paths[c]),
-                            time=a.answered_at, annotator=a.annotator)).question_id
-                    self._answers[key] = a.answer
-                    self._returned[did] = qid
+                            time=when, annotator=annotator)).question_id
+                    self._answers[key] = answer
+                    if did is not None:
+                        self._returned[did] = qid
+                    self._journaled.pop(key, None)
                     self.used += 1
-                    out[i] = a.answer
+                    out[i] = answer
                 if self.log is not None:
                     self.log.flush()
-                self._logged.notify_all()
                 for i, key in repeats:
                     out[i] = self._answers[key]
                 return out
@@ -195,6 +212,8 @@ class HumanOracle:
         """
         with self.lock:
             undone = self.desk.undo(annotator)
+            if undone is not None and self.journal is not None:
+                self.journal.undo(self._key(undone.query, undone.candidate))
             if undone is None or undone.id not in self._returned:
                 return undone
             qid = self._returned.pop(undone.id)
@@ -209,11 +228,16 @@ class HumanOracle:
             self._retractions.append(retraction)
             return undone
 
-    def wait_logged(self, desk_id: int, timeout_s: float) -> bool:
-        """Block until the answer to desk question ``desk_id`` is in the log (flushed) and returned to the
-        loop; False after ``timeout_s`` (nothing is waiting for that question, or it was undone)."""
-        with self._logged:
-            return self._logged.wait_for(lambda: desk_id in self._returned, timeout_s)
+    def record(self, desk_id: int) -> bool:
+        """Make the answer just given to desk question ``desk_id`` durable in the journal (the page calls this
+        before it tells the annotator the answer counted); False if it is no longer answered (undone)."""
+        if self.journal is None:
+            return True
+        got = self.desk.answers([desk_id]).get(desk_id)
+        if got is None:
+            return False
+        self.journal.answer(self._key(got.query, got.candidate), got.answer, got.annotator, got.answered_at)
+        return True
 
     def read(self):
         """The answer log's table (retractions included), read under ``lock``."""
