@@ -38,6 +38,7 @@ POINTS = (
     "rounds.parquet",
     "prune",  # the previous round's folder about to be deleted
     "summary.json",  # the end of the run
+    "curve.png",  # the run's curve, drawn after the summary (and after each round for the annotator page)
 )
 
 ENV_VARS = ("REIDLOOP_CRASH_AT", "REIDLOOP_CRASH_TRACE", "REIDLOOP_STOP_AT")

@@ -50,7 +50,7 @@ def test_people_answering_truthfully_get_the_simulated_runs_questions_and_model(
     assert set(log.column("annotator").to_pylist()) == {"alice"}  # who answered, logged
     status = loop.board.status()
     assert (status["phase"], status["answers"], status["queries_done"]) == ("done", sim.answers, 12)
-    assert [r["round"] for r in status["rounds"]] == [0, 1]
+    assert [r["round"] for r in status["rounds"]] == [0, 1] and status["curve"]  # metrics and curve for the page
 
 
 def test_an_undo_replays_the_round_and_the_log_keeps_only_the_answer_in_force(tmp_path, tiny_checkpoint,

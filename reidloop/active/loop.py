@@ -419,8 +419,9 @@ class ActiveLearningLoop:
             result.rounds.append({**self._row(r, oracle.used, metrics, start, ft_seconds, self.round_stats),
                                   "links_settled": settled_link_share(answered_now, pids)})
             log.info("%s", round_line(result.rounds[-1], budget))
-            if self.board is not None:
+            if self.board is not None:  # the page shows each round's metrics and the curve so far
                 self.board.add_round(result.rounds[-1])
+                plot_curve(result.rounds, self.out / "curve.png", title=f"{job.strategy} on {splits.name}")
             self._save_state(r, model, strategy, result, oracle.used, cursor)
             with log_lock:
                 answer_log.compact()
@@ -568,5 +569,6 @@ def plot_curve(rows: list[dict], path: Path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic.atomic_open(path, "wb") as f:  # a reader (the annotator page) never sees half a file
+        fig.savefig(f, format="png")
     plt.close(fig)
