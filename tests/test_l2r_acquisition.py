@@ -148,3 +148,18 @@ def test_bad_experiment_configs_name_the_field(tmp_path, override, message):
 
     with pytest.raises(ConfigError, match=message):
         tiny_experiment(tmp_path, **dict([override.split("=", 1)]))
+
+
+@pytest.mark.parametrize("name", ["l2r", "ll4al"])
+def test_the_learner_and_the_l2r_sorter_follow_the_configured_device(name):
+    """The experiment moves the learner to ``train.device``: the loss module and, for L2R, the frozen sorter
+    it runs the rank loss through (once left on the CPU, which a CUDA run would have failed on). The ``meta``
+    device stands in for CUDA on machines without one; the optimiser keeps the moved parameters."""
+    import torch
+
+    sorter = freeze(GRUSorter(4, 1))
+    learner = build_acquisition(name, MODULE, sorter).make_learner([8, 16, 32, 64])
+    assert learner.to(torch.device("meta")) is learner
+    moved = [*learner.module.parameters(), *(sorter.parameters() if name == "l2r" else [])]
+    assert moved and {p.device.type for p in moved} == {"meta"}
+    assert {p.device.type for g in learner.optimizer.param_groups for p in g["params"]} == {"meta"}

@@ -63,9 +63,25 @@ def test_matches_brute_force_random(seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_matches_brute_force_with_ties(seed):
-    args = _random_protocol(seed, ties=True)
-    _assert_same(evaluate_rank(*args, max_rank=10), brute_force_rank(*args, max_rank=10))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_matches_brute_force_with_ties(seed, dtype):
+    """float32/float16 take the packed-key sort, float64 the stable argsort: both break ties by gallery index."""
+    dist, *ids = _random_protocol(seed, ties=True)
+    dist = dist.astype(dtype)
+    _assert_same(evaluate_rank(dist, *ids, max_rank=10), brute_force_rank(dist, *ids, max_rank=10))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_negative_distances_and_signed_zeros_rank_as_numbers(dtype):
+    """Similarities negated, say: negative values order by value, and -0.0 ties with 0.0 (then by index)."""
+    rng = np.random.default_rng(3)
+    dist, *ids = _random_protocol(3, num_q=30, num_g=200, ties=True)
+    dist = (dist - 3.0) * rng.choice([1.0, 0.5, 1e-3], size=dist.shape)
+    dist[rng.random(dist.shape) < 0.05] = -0.0
+    dist[rng.random(dist.shape) < 0.02] = -np.inf
+    dist = dist.astype(dtype)
+    assert np.signbit(dist[dist == 0]).any()
+    _assert_same(evaluate_rank(dist, *ids, max_rank=10), brute_force_rank(dist, *ids, max_rank=10))
 
 
 def test_query_chunking_gives_identical_results(monkeypatch):

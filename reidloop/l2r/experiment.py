@@ -76,9 +76,7 @@ def run_strategy(job: L2RExperimentJob, strategy: str, seed: int, data: CifarDat
         torch.manual_seed(seed * 1000 + cycle)
         model = build_classifier(cfg).to(device)
         learner = acq.make_learner(list(model.channels))
-        if learner is not None:
-            learner.module.to(device)
-        return model, learner
+        return model, learner.to(device) if learner is not None else None
 
     model, learner = fresh(0)
     result = RunResult(strategy, seed)

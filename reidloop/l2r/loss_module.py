@@ -105,6 +105,15 @@ class LossLearner(ABC):
     def loss(self, features: Sequence[torch.Tensor], true: torch.Tensor, epoch: int) -> torch.Tensor:
         return self.criterion(self.module(self.inputs(features, epoch)), true.detach())
 
+    def to(self, device: torch.device | str) -> "LossLearner":
+        """Everything the learner computes with on ``device``, before it trains: the optimiser is built again
+        over the moved parameters (``Module.to`` may replace them rather than move them in place)."""
+        if self.optimizer.state:
+            raise RuntimeError("move the loss learner to its device before it trains (its optimiser has state)")
+        self.module.to(device)
+        self.optimizer = type(self.optimizer)(self.module.parameters(), **self.optimizer.defaults)
+        return self
+
 
 class L2RLearner(LossLearner):
     """L2R-AL: last-block features, detached; rank loss through the frozen sorter (Eq. 5–6)."""
@@ -121,6 +130,11 @@ class L2RLearner(LossLearner):
 
     def criterion(self, predicted, true):
         return rank_loss(predicted, true, self.sorter)
+
+    def to(self, device: torch.device | str) -> "L2RLearner":
+        super().to(device)
+        self.sorter.to(device)  # the frozen sorter too: the rank loss runs it on the predicted losses
+        return self
 
 
 class LL4ALLearner(LossLearner):

@@ -15,6 +15,11 @@ With ``r_1 < ... < r_M`` the 1-based ranks of the M true matches in the filtered
 * INP     = M / r_M  (Ye et al., TPAMI 2021, "Deep Learning for Person Re-identification", mINP).
 
 Ties in the distance matrix are broken by gallery index (stable argsort), so results are deterministic.
+
+Speed: sorting every row dominates. For float32 (and float16) distances each cell becomes one int64 key, the
+float's order-preserving bits above its gallery index; the keys are unique, so numpy's SIMD quicksort orders
+them exactly as a stable argsort would (ties by gallery index), several times faster. Float64 distances keep
+the stable argsort (packing them into 32 bits would merge near-ties).
 """
 from __future__ import annotations
 
@@ -63,6 +68,17 @@ class RankResult:
         return out
 
 
+def _ranked_order(dist: np.ndarray) -> np.ndarray:
+    """Each row's gallery indices by increasing distance, ties by index (= ``argsort(kind="stable")``)."""
+    if dist.dtype not in (np.float32, np.float16) or dist.shape[1] >= 1 << 31:
+        return np.argsort(dist, axis=1, kind="stable")
+    bits = (dist.astype(np.float32) + np.float32(0.0)).view(np.int32).astype(np.int64)  # (+0.0: -0.0 == 0.0)
+    bits ^= (bits >> 31) & 0x7FFFFFFF  # negative floats: larger magnitude, smaller key
+    keys = (bits << 32) | np.arange(dist.shape[1], dtype=np.int64)
+    keys.sort(axis=1)
+    return keys & 0xFFFFFFFF
+
+
 def _chunk_stats(dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray,
                  g_cams: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per query of one chunk: number of true matches M, first-hit rank r_1, AP and INP (0 where M = 0).
@@ -71,7 +87,7 @@ def _chunk_stats(dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pid
     few per query, so ranks among kept images are computed on their sparse (row, column) positions.
     """
     n_q, n_g = dist.shape
-    order = np.argsort(dist, axis=1, kind="stable")
+    order = _ranked_order(dist)
     ranked_pids = g_pids[order]
     mr, mc = np.nonzero(ranked_pids == q_pids[:, None])  # row-major: each query's matches in ranked order
     same_cam = g_cams[order[mr, mc]] == q_cams[mr]
