@@ -88,9 +88,13 @@ def test_query_chunking_gives_identical_results(monkeypatch):
     args = _random_protocol(7, num_q=40, num_g=90)
     whole = evaluate_rank(*args, max_rank=15)
     monkeypatch.setattr(rank_module, "_CHUNK_ELEMENTS", 200)  # 2 queries per chunk
-    chunked = evaluate_rank(*args, max_rank=15)
-    np.testing.assert_array_equal(chunked.cmc, whole.cmc)
-    assert (chunked.mAP, chunked.mINP, chunked.num_valid_queries) == (whole.mAP, whole.mINP, whole.num_valid_queries)
+    for threads in (1, 3, 8):  # chunks in threads: the same numbers, whatever the order they finish in
+        chunked = evaluate_rank(*args, max_rank=15, threads=threads)
+        np.testing.assert_array_equal(chunked.cmc, whole.cmc)
+        assert (chunked.mAP, chunked.mINP, chunked.num_valid_queries) == \
+            (whole.mAP, whole.mINP, whole.num_valid_queries)
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        evaluate_rank(*args, threads=0)
 
 
 # One query (pid 1, camera 0); gallery sorted by distance, all from camera 1:

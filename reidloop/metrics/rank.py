@@ -23,6 +23,8 @@ the stable argsort (packing them into 32 bits would merge near-ties).
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,8 +93,7 @@ def _chunk_stats(dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pid
     ranked_pids = g_pids[order]
     mr, mc = np.nonzero(ranked_pids == q_pids[:, None])  # row-major: each query's matches in ranked order
     same_cam = g_cams[order[mr, mc]] == q_cams[mr]
-    jr, jc = np.nonzero(ranked_pids == JUNK_PID)
-    removed = np.unique(np.concatenate([jr * n_g + jc, mr[same_cam] * n_g + mc[same_cam]]))
+    removed = mr[same_cam] * n_g + mc[same_cam]  # sorted (row-major), unique; junk columns are gone already
     keep = ~same_cam & (q_pids[mr] != JUNK_PID)
     hr, hc = mr[keep], mc[keep]
     # 1-based rank among kept images = position + 1 - removed images ranked before it in the same row.
@@ -111,12 +112,13 @@ def _chunk_stats(dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pid
 
 
 def evaluate_rank(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
-                  max_rank: int = 50) -> RankResult:
+                  max_rank: int = 50, threads: int | None = None) -> RankResult:
     """Market-1501 CMC / mAP / mINP for a (num_query, num_gallery) distance matrix (smaller = more similar).
 
     ``cmc`` always has length ``max_rank``; entries past the number of kept gallery images equal the last
     reachable value (every valid query has its first hit by then). Raises ``ValueError`` when no query has a
-    valid match. Works in query chunks of ~8M cells, so memory stays bounded for large galleries.
+    valid match. Works in query chunks of ~8M cells, so memory stays bounded for large galleries, on
+    ``threads`` threads (None: one per CPU this process may use; the result does not depend on it).
     """
     dist = as_numpy(distmat, "distmat")
     if dist.ndim != 2:
@@ -131,15 +133,33 @@ def evaluate_rank(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camid
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ValueError(f"max_rank must be a positive int, got {max_rank!r}")
 
+    kept = None
+    if (g_pids == JUNK_PID).any():  # junk is removed for every query: its columns go, chunk by chunk
+        kept = np.flatnonzero(g_pids != JUNK_PID)
+        g_pids, g_cams, num_g = g_pids[kept], g_cams[kept], len(kept)
     n_hits = np.zeros(num_q, dtype=np.int64)
     first = np.zeros(num_q, dtype=np.int64)
     ap = np.zeros(num_q)
     inp = np.zeros(num_q)
     step = max(1, _CHUNK_ELEMENTS // max(num_g, 1))
-    for s in range(0, num_q, step):
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    step = max(1, min(step, -(-num_q // threads)))  # at least one chunk per thread
+
+    def chunk(s: int) -> None:
         e = min(s + step, num_q)
-        n_hits[s:e], first[s:e], ap[s:e], inp[s:e] = _chunk_stats(dist[s:e], q_pids[s:e], q_cams[s:e],
-                                                                   g_pids, g_cams)
+        block = dist[s:e] if kept is None else dist[s:e][:, kept]
+        n_hits[s:e], first[s:e], ap[s:e], inp[s:e] = _chunk_stats(block, q_pids[s:e], q_cams[s:e], g_pids, g_cams)
+
+    starts = range(0, num_q, step)
+    if threads == 1 or len(starts) == 1:
+        for s in starts:
+            chunk(s)
+    else:  # the sort and the gathers release the GIL: chunks run side by side, each thread its own
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            list(pool.map(chunk, starts))
     ok = n_hits > 0
     num_valid = int(ok.sum())
     if num_valid == 0:
