@@ -105,7 +105,8 @@ def test_answer_flow_logs_the_annotator(run):
     assert run.answer(q["id"], "same").json() == {"counted": True}
     q2 = run.next()
     assert (q2["query"], q2["candidate"]) == (0, 3)
-    assert q2["ranked"][0]["answer"] is None  # not known to the oracle until ask_batch returns
+    assert q2["ranked"][0]["answer"] == 1  # shown from the desk before the loop (ask_batch) has it
+    assert run.oracle.known(0, 2) is None
     assert run.answer(q2["id"], "different", who="ann").json() == {"counted": True}
     assert run.returned() == [1, -1]
     t = effective(run.log.read())
@@ -280,3 +281,4 @@ def test_port_zero_and_restart(tmp_path):
     server.stop()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+

@@ -93,6 +93,8 @@ class Board:
         context = []
         if ranked is not None:
             known = self.oracle.known_batch([(ticket.query, ranked.tolist())])[0]
+            given = self.desk.answers_for([(ticket.query, int(c)) for c in ranked.tolist()])  # not logged yet
+            known = [k if k is not None else g for k, g in zip(known, given)]
             context = [{"index": int(c), "rank": i + 1, "answer": y, "asking": int(c) == ticket.candidate}
                        for i, (c, y) in enumerate(zip(ranked.tolist(), known))]
         return {"id": ticket.id, "query": ticket.query, "candidate": ticket.candidate, "round": ticket.round,

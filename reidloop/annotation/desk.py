@@ -230,6 +230,16 @@ class QuestionDesk:
                                         q.annotator, q.answered_at)
             return out
 
+    def answers_for(self, pairs: Iterable[tuple[int, int]]) -> list[Optional[int]]:
+        """The answer given on the desk to each (query, candidate) pair (either way round), or None: not
+        posted, waiting, or undone."""
+        with self._lock:
+            out = []
+            for q, c in pairs:
+                qid = self._by_pair.get((min(q, c), max(q, c)))
+                out.append(None if qid is None else self._questions[qid].answer)
+            return out
+
     def close_round(self, round: int) -> None:
         """Answers of rounds <= ``round`` can no longer be undone (the CNN is being fine-tuned on them)."""
         round = operator.index(round)
