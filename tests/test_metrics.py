@@ -189,12 +189,19 @@ def test_cmc_length_and_rank_accessor():
         r.rank(0)
 
 
-def test_torch_inputs():
-    args = _random_protocol(3)
-    want = evaluate_rank(*args, max_rank=10)
-    got = evaluate_rank(*(torch.from_numpy(np.asarray(a)) for a in args), max_rank=10)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("ties", [False, True])
+def test_torch_inputs_are_ranked_by_torch_as_numpy_ranks_them(dtype, ties):
+    """A torch distance matrix is sorted by torch on its own device (the CUDA path; here on the CPU), with the
+    same tie rule; junk columns, threads and chunks as for numpy."""
+    dist, *ids = _random_protocol(3, num_q=30, num_g=150, ties=ties)
+    t = torch.from_numpy(dist).to(dtype)
+    want = evaluate_rank(t.double().numpy(), *ids, max_rank=10)
+    got = evaluate_rank(t, *(torch.from_numpy(np.asarray(a)) for a in ids), max_rank=10, threads=2)
     np.testing.assert_array_equal(got.cmc, want.cmc)
-    assert (got.mAP, got.mINP) == (want.mAP, want.mINP)
+    assert (got.mAP, got.mINP) == pytest.approx((want.mAP, want.mINP), abs=1e-12)
+    with pytest.raises(ValueError, match="distmat contains NaN"):
+        evaluate_rank(torch.full((2, 3), float("nan")), [0, 1], [0, 1, 2], [0, 0], [1, 1, 1])
 
 
 def test_bad_inputs():

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from reidloop.metrics.distance import as_numpy
+from reidloop.metrics.distance import _is_torch, as_numpy
 
 JUNK_PID = -1
 _CHUNK_ELEMENTS = 1 << 23  # ~8M (query, gallery) cells per chunk
@@ -81,15 +81,30 @@ def _ranked_order(dist: np.ndarray) -> np.ndarray:
     return keys & 0xFFFFFFFF
 
 
-def _chunk_stats(dist: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray,
+def _ranked_order_torch(block: Any) -> np.ndarray:
+    """:func:`_ranked_order` computed by torch on the tensor's own device (a CUDA distance matrix is sorted
+    where it lies; only the order, as int32, comes back to the host)."""
+    import torch
+
+    if block.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        bits = (block.float() + 0.0).view(torch.int32).to(torch.int64)
+        bits ^= (bits >> 31) & 0x7FFFFFFF
+        keys = (bits << 32) | torch.arange(block.shape[1], device=block.device, dtype=torch.int64)
+        order = torch.sort(keys, dim=1).values & 0xFFFFFFFF
+    else:
+        order = torch.argsort(block, dim=1, stable=True)
+    return order.to(torch.int32).cpu().numpy()
+
+
+def _chunk_stats(order: np.ndarray, q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray,
                  g_cams: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per query of one chunk: number of true matches M, first-hit rank r_1, AP and INP (0 where M = 0).
+    """Per query of one chunk (``order``: each row's gallery indices, nearest first): number of true matches
+    M, first-hit rank r_1, AP and INP (0 where M = 0).
 
     Only the argsort and the pid comparison touch all (query, gallery) cells; matches and removed images are
     few per query, so ranks among kept images are computed on their sparse (row, column) positions.
     """
-    n_q, n_g = dist.shape
-    order = _ranked_order(dist)
+    n_q, n_g = order.shape
     ranked_pids = g_pids[order]
     mr, mc = np.nonzero(ranked_pids == q_pids[:, None])  # row-major: each query's matches in ranked order
     same_cam = g_cams[order[mr, mc]] == q_cams[mr]
@@ -120,13 +135,22 @@ def evaluate_rank(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camid
     valid match. Works in query chunks of ~8M cells, so memory stays bounded for large galleries, on
     ``threads`` threads (None: one per CPU this process may use; the result does not depend on it).
     """
-    dist = as_numpy(distmat, "distmat")
+    if _is_torch(distmat):  # ranked by torch where it lies (CUDA: on the GPU); the rest is the same
+        import torch
+
+        dist, rank_of = distmat.detach(), _ranked_order_torch
+        if dist.is_complex() or dist.dtype == torch.bool:
+            raise TypeError(f"distmat must be numeric, got dtype {dist.dtype}")
+        if dist.ndim == 2 and dist.is_floating_point() and bool(dist.isnan().any()):
+            raise ValueError("distmat contains NaN")
+    else:
+        dist, rank_of = as_numpy(distmat, "distmat"), _ranked_order
+        if dist.ndim == 2 and not np.issubdtype(dist.dtype, np.number):
+            raise TypeError(f"distmat must be numeric, got dtype {dist.dtype}")
+        if dist.ndim == 2 and np.isnan(dist).any():
+            raise ValueError("distmat contains NaN")
     if dist.ndim != 2:
-        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {dist.shape}")
-    if not np.issubdtype(dist.dtype, np.number):
-        raise TypeError(f"distmat must be numeric, got dtype {dist.dtype}")
-    if np.isnan(dist).any():
-        raise ValueError("distmat contains NaN")
+        raise ValueError(f"distmat must be 2-D (num_query, num_gallery), got shape {tuple(dist.shape)}")
     num_q, num_g = dist.shape
     q_pids, q_cams = _as_ids(q_pids, "q_pids", num_q), _as_ids(q_camids, "q_camids", num_q)
     g_pids, g_cams = _as_ids(g_pids, "g_pids", num_g), _as_ids(g_camids, "g_camids", num_g)
@@ -137,6 +161,8 @@ def evaluate_rank(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camid
     if (g_pids == JUNK_PID).any():  # junk is removed for every query: its columns go, chunk by chunk
         kept = np.flatnonzero(g_pids != JUNK_PID)
         g_pids, g_cams, num_g = g_pids[kept], g_cams[kept], len(kept)
+        if rank_of is _ranked_order_torch:
+            kept = torch.as_tensor(kept, device=dist.device)
     n_hits = np.zeros(num_q, dtype=np.int64)
     first = np.zeros(num_q, dtype=np.int64)
     ap = np.zeros(num_q)
@@ -151,7 +177,8 @@ def evaluate_rank(distmat: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camid
     def chunk(s: int) -> None:
         e = min(s + step, num_q)
         block = dist[s:e] if kept is None else dist[s:e][:, kept]
-        n_hits[s:e], first[s:e], ap[s:e], inp[s:e] = _chunk_stats(block, q_pids[s:e], q_cams[s:e], g_pids, g_cams)
+        n_hits[s:e], first[s:e], ap[s:e], inp[s:e] = _chunk_stats(rank_of(block), q_pids[s:e], q_cams[s:e],
+                                                                   g_pids, g_cams)
 
     starts = range(0, num_q, step)
     if threads == 1 or len(starts) == 1:
