@@ -401,8 +401,8 @@ def ours_footprint(q: int, g: int, nnz: dict | None = None, k1: int = 20, k2: in
     int64, the two reciprocal sets, R* as (row, col) int64 pairs + float32 values (E entries), local query
     expansion over L = sum of |R*(g)| over each row's k2 neighbours (``np.unique`` with inverse: ~10 int64
     arrays of L), V_qe (E_qe entries). Jaccard: the Q x G float32 output plus three float64 chunks of
-    ``2**23 // G`` rows. Final: ``joint.rows(0, Q)`` builds Q x N three times over (parts, concatenate,
-    astype), then ``(1-l)*J + l*orig`` two Q x G temporaries and ``.astype`` a third, with the Q x N base alive.
+    ``2**23 // G`` rows. Final: ``(1-l)*J + l*d`` in place in J, one chunk of ``2**23 // N`` query rows of the
+    joint matrix at a time (its parts and their concatenation: 2 x 4 bytes a cell).
     ``nnz``: per-row E, L, E_qe measured on a run (defaults: 30, 6*30, 120 per row).
     """
     n = q + g
@@ -412,15 +412,15 @@ def ours_footprint(q: int, g: int, nnz: dict | None = None, k1: int = 20, k2: in
     k_half = int(round(k1 / 2.0))
     c = min(n, max(1, CHUNK // n)) * n
     c_j = min(q, max(1, CHUNK // g)) * g
-    qg, qn = q * g, q * n
+    qg = q * g
     rank = 8 * n * k_top
     phases = {
-        "input checks (bool temp)": max(q * q, q * g, g * g),
+        "input checks (bool temp)": min(max(q, g), max(1, CHUNK // max(q, g))) * max(q, g),  # row chunks
         "row max / top-k chunks": rank + 20 * c,
         "reciprocal sets, R*": rank + 8 * n * (k_top + k_half + 1) + 32 * e + 2 * min(CHUNK, n * (k_top * k_top * (k_half + 1))),
         "query expansion": rank + 20 * e + 80 * l_,
         "jaccard": rank + 40 * e_qe + 4 * qg + 24 * c_j,
-        "final combine": rank + 20 * e_qe + 4 * max(qg + 3 * qn, 3 * qg + qn),
+        "final combine": rank + 20 * e_qe + 4 * qg + 8 * min(q, max(1, CHUNK // n)) * n,
     }
     return {"phases": phases, "peak": max(phases.values()), "peak_phase": max(phases, key=phases.get)}
 

@@ -56,7 +56,7 @@ class _JointDistance:
         if stop > q:
             s = max(start, q) - q
             parts.append(np.concatenate([self.q_g[:, s:stop - q].T, self.g_g[s:stop - q]], axis=1))
-        block = np.concatenate(parts, axis=0).astype(np.float32)
+        block = np.concatenate(parts, axis=0).astype(np.float32, copy=False)
         np.square(block, out=block)
         if normalized:
             block /= self.row_max[start:stop, None]
@@ -190,10 +190,13 @@ def _check_dist(x: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number):
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    if (arr < 0).any():
-        raise ValueError(f"{name} contains negative distances")
+    step = max(1, _CHUNK_ELEMENTS // max(arr.shape[1], 1))  # row chunks: no boolean temporary of the whole input
+    for s in range(0, arr.shape[0], step):
+        block = arr[s:s + step]
+        if not np.isfinite(block).all():
+            raise ValueError(f"{name} contains NaN or inf")
+        if (block < 0).any():
+            raise ValueError(f"{name} contains negative distances")
     return arr
 
 
@@ -236,8 +239,16 @@ def k_reciprocal_rerank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 2
         rows, cols, vals = _query_expansion(rows, cols, vals, initial_rank[:, :min(k2, n)], n)
     jaccard = _jaccard_query_gallery(rows, cols, vals, num_q, n)
 
-    original = joint.rows(0, num_q)[:, num_q:]
-    return ((1.0 - lambda_value) * jaccard + lambda_value * original).astype(np.float32)
+    # d* = (1 - λ) J + λ d, in place in J and one chunk of query rows at a time: the output is the only
+    # Q x G array held (the same float32 operations, in the same order, as the expression written out)
+    jaccard *= np.float32(1.0 - lambda_value)
+    step = max(1, _CHUNK_ELEMENTS // n)
+    for s in range(0, num_q, step):
+        e = min(s + step, num_q)
+        original = joint.rows(s, e)[:, num_q:]
+        original *= np.float32(lambda_value)
+        jaccard[s:e] += original
+    return jaccard
 
 
 def rerank_from_features(qf: Any, gf: Any, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
