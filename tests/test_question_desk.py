@@ -444,16 +444,24 @@ def test_an_answer_given_while_its_batch_waits_survives_a_restart_and_is_not_ask
     from reidloop.annotation import Board
     from reidloop.annotation.journal import DeskJournal
 
-    def start():
+    def start(timeout_s=JOIN_S):
         desk = QuestionDesk(clock=Clock())
         oracle = HumanOracle(len(PIDS), desk, OracleConfig(), AnswerLog(tmp_path / "answers"),
-                             journal=DeskJournal(tmp_path / "desk-journal.jsonl"), timeout_s=JOIN_S)
+                             journal=DeskJournal(tmp_path / "desk-journal.jsonl"), timeout_s=timeout_s)
         return desk, oracle, Board(desk, oracle, [f"img{i}.jpg" for i in range(len(PIDS))])
 
     batch = [(0, 1, 1, 0), (2, 3, 1, 0), (4, 5, 1, 0)]
-    desk, oracle, board = start()
-    asked = threading.Thread(target=lambda: oracle.ask_batch(batch, "dral"), daemon=True)
-    asked.start()  # the loop waits for all three (it will never see them: the process "dies")
+    desk, oracle, board = start(timeout_s=1.0)  # (when its wait ends does not matter: the journal is the point)
+    ended = []
+
+    def abandoned_asker(oracle=oracle):  # the loop waits for all three; its process "dies" before they come
+        try:
+            oracle.ask_batch(batch, "dral")
+        except TimeoutError as e:  # (its timeout_s ends the wait; nothing was logged by it)
+            ended.append(e)
+
+    asked = threading.Thread(target=abandoned_asker, daemon=True)
+    asked.start()
     wait_for(lambda: desk.status()["questions"] == 3, "the batch on the desk")
     first, second = board.next("ann"), board.next("bob")
     assert board.answer("ann", first["id"], -1) and board.answer("bob", second["id"], 1)  # "counted"
@@ -472,6 +480,9 @@ def test_an_answer_given_while_its_batch_waits_survives_a_restart_and_is_not_ask
     assert journal.count("\n") == 1 and '"annotator": "ann"' in journal  # (cat answered on the desk itself)
     start()
     assert (tmp_path / "desk-journal.jsonl").read_text() == ""  # the log holds everything: the journal empties
+    asked.join(JOIN_S + 5)
+    assert not asked.is_alive() and len(ended) == 1  # the abandoned asker timed out, and logged nothing
+    assert len(AnswerLog(tmp_path / "answers")) == 3
 
 
 def test_a_torn_last_journal_line_is_ignored_and_any_other_bad_line_named(tmp_path):
