@@ -30,7 +30,8 @@ Cython path: 1e-6, else the max difference is reported: it accumulates AP and mA
 
 **Re-ranking** (k1=20, k2=6, lambda=0.3) on Euclidean distances of random identity-clustered 64-d features:
 each measurement runs in a fresh subprocess that loads the inputs from .npy files, then times one call and
-reads the peak RSS (``resource.getrusage``) above the RSS after loading (so inputs are excluded). At ``--small``
+reads the peak RSS of the call (VmHWM, reset to the current RSS just before it through /proc/self/clear_refs)
+above the RSS after loading (so inputs are excluded). At ``--small``
 a second subprocess per implementation measures the peak of numpy's traced allocations (``tracemalloc``), to
 check the footprint models. The models (``torchreid_footprint``, ``ours_footprint``) list what each algorithm
 holds at each phase, from reading the two sources; they give the MSMT17-sized figures, which are computed,
@@ -49,7 +50,6 @@ import io
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -429,6 +429,22 @@ def inputs_bytes(q: int, g: int) -> int:
     return 4 * (q * g + q * q + g * g)
 
 
+def _proc_status_kib(field: str) -> int:
+    """A ``/proc/self/status`` figure (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> int:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux: "5" into /proc/self/clear_refs) and
+    return that RSS in KiB, so that VmHWM afterwards is the peak of what runs next."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status_kib("VmRSS")
+
+
 def child_rerank(spec: dict) -> None:
     """In a fresh process: load inputs, run one re-ranking, print time / peak RSS / tracemalloc peak as JSON."""
     import tracemalloc
@@ -451,14 +467,14 @@ def child_rerank(spec: dict) -> None:
         fn = rr.k_reciprocal_rerank
     else:
         fn = _exec_file(Path(spec["rerank_path"]))["re_ranking"]
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss0 = _reset_peak_rss()  # the peak from here on: the imports' and the loading's peaks are forgotten
     if spec["trace"]:
         tracemalloc.start()
     t = time.perf_counter()
     out = fn(arrs["q_g"], arrs["q_q"], arrs["g_g"], k1=20, k2=6, lambda_value=0.3)
     sec = time.perf_counter() - t
     traced = tracemalloc.get_traced_memory()[1] if spec["trace"] else None
-    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss1 = _proc_status_kib("VmHWM")
     if spec.get("save"):
         np.save(spec["save"], np.asarray(out, dtype=np.float32))
     print("RESULT " + json.dumps({"seconds": sec, "rss_peak_delta": (rss1 - rss0) * 1024, "rss_peak": rss1 * 1024,
@@ -675,8 +691,8 @@ def main(argv=None) -> None:
                 repeats=args.repeats, torchreid=TR_VERSION, torchreid_sources=peers.provenance,
                 rerank_params={"k1": 20, "k2": 6, "lambda_value": 0.3},
                 notes=["eval seconds: median of --repeats on the same inputs; torchreid gets the junk-free matrix",
-                       "re-ranking seconds: one call in a fresh subprocess; RSS peak: ru_maxrss above the RSS after "
-                       "loading the inputs; traced: tracemalloc peak of numpy allocations in a second run (ours: every size; torchreid: --small only)",
+                       "re-ranking seconds: one call in a fresh subprocess; RSS peak: VmHWM of the call (reset just "
+                       "before it) above the RSS after loading the inputs; traced: tracemalloc peak of numpy allocations in a second run (ours: every size; torchreid: --small only)",
                        "footprints: computed from the algorithms (torchreid_footprint / ours_footprint), caller's "
                        f"inputs listed separately; ours' sparse terms from nnz per row measured at {measured or 'defaults'}"])
     text = "\n\n".join([eval_table(ev), rerank_table(rr), footprint_table(fp)])
