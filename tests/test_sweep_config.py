@@ -72,6 +72,8 @@ def test_paper_sweep_covers_the_dral_hyperparameters(tmp_path):
     ({"resources": {"cpu": 0.5, "loop": "remote"}}, "resources.loop", "not one of"),
     ({"overrides": {"dral": {"kappa": 11}}}, "dral.kappa", "ns=10"),
     ({"base": "missing.yaml"}, "base", "not found"),
+    ({"overrides": {"oracle": {"mode": "human"}}}, "oracle.mode", "must be 'simulated' in a sweep"),
+    ({"space": {"oracle.mode": {"grid": ["simulated", "human"]}}}, "oracle.mode", "must be 'simulated' in a sweep"),
 ])
 def test_invalid_sweeps_are_rejected_naming_file_and_field(tmp_path, fields, field, why):
     path = write_sweep(tmp_path, **fields)

@@ -361,6 +361,10 @@ def load_sweep(path: str | Path | None, overrides: list[str] | None = None) -> S
         cfg = from_dict(SweepConfig, apply_overrides(tree, _space_overrides(tree, overrides or [])))
         base = base_tree(cfg, folder)
         dists = cfg.distributions()
+        mode = base.get("oracle", {}).get("mode", "simulated")
+        _check(mode == "simulated" and "oracle.mode" not in dists, "oracle.mode", mode if mode != "simulated"
+               else cfg.space.get("oracle.mode"), "must be 'simulated' in a sweep: trials run unattended, and "
+               "a human-mode run would serve one annotator page per trial")
         rounds = _validate_space(dists, base)
         _check_search(cfg, dists, rounds)
     return Sweep(cfg, base, dists, rounds, label)
