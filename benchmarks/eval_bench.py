@@ -660,7 +660,8 @@ def main(argv=None) -> None:
                                                  "(default: 337x1591, or --queries x --gallery if smaller)")
     p.add_argument("--skip-peer-rerank", action="store_true", help="do not run torchreid's re_ranking")
     p.add_argument("--torchreid-pyx", default=None, help="a local copy of torchreid 0.2.5's rank_cy.pyx")
-    p.add_argument("--out", default="benchmarks/results/eval_bench", help="path prefix of .json/.csv")
+    p.add_argument("--out", default="benchmarks/results",
+                   help="folder of eval_bench.json, eval_bench.csv, eval_bench_rerank.csv, eval_bench_footprint.csv")
     args = p.parse_args(argv)
 
     import torch
@@ -696,7 +697,7 @@ def main(argv=None) -> None:
                        "footprints: computed from the algorithms (torchreid_footprint / ours_footprint), caller's "
                        f"inputs listed separately; ours' sparse terms from nnz per row measured at {measured or 'defaults'}"])
     text = "\n\n".join([eval_table(ev), rerank_table(rr), footprint_table(fp)])
-    write_results(Path(args.out), meta, {"eval": ev, "rerank": rr, "footprint": fp}, text)
+    write_results(Path(args.out) / "eval_bench", meta, {"eval": ev, "rerank": rr, "footprint": fp}, text)
 
 
 if __name__ == "__main__":
