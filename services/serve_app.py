@@ -1,18 +1,20 @@
 """The Re-ID model over HTTP: a Ray Serve application with a FastAPI ingress (OpenAPI docs at /docs).
 
-Three deployments compose the Ray-free core of ``reidloop.serving``:
+Two deployments compose the Ray-free core of ``reidloop.serving``:
 
-* ``ReidApi`` (ingress, stateless, scalable): reads the body up to ``max_body_bytes``, parses the
-  upload (JSON nested at most ``MAX_JSON_DEPTH`` levels), decodes and resizes the images (pixel limit),
-  and maps every ``ServingError`` to a 4xx JSON ``{"error": "..."}``. No answer holds a filesystem
-  path: ``/version`` reports checkpoint ids, file names, times and error codes (``reidloop.serving.redact``).
-* ``Embedder`` (scalable: ``num_replicas`` or ``autoscaling``): ``POST /embed``, batched with
-  ``@serve.batch``; each replica follows the checkpoint on its own.
-* ``Gallery`` (one replica: it holds the index): ``/search`` (batched) and gallery maintenance,
-  with its own copy of the model so that a swap re-embeds the gallery before the new model
-  answers any search (see ``reidloop.serving.service``).
+* ``ReidApi`` (ingress, scalable: ``ingress.num_replicas`` or ``ingress.autoscaling``): reads the body up to
+  ``max_body_bytes``, parses the upload (JSON nested at most ``MAX_JSON_DEPTH`` levels), decodes and resizes
+  the images (pixel limit), maps every ``ServingError`` to a 4xx JSON ``{"error": "..."}``, and embeds
+  ``POST /embed`` itself: the model lives in the ingress, so an embedding costs one hop (proxy → replica),
+  not two. No answer holds a filesystem path: ``/version`` reports checkpoint ids, file names, times and
+  error codes (``reidloop.serving.redact``).
+* ``Gallery`` (one replica: it holds the index): ``/search`` and gallery maintenance, with its own copy of
+  the model so that a swap re-embeds the gallery before the new model answers any search (see
+  ``reidloop.serving.service``).
 
-Both model deployments reload when the followed checkpoint changes (a watcher thread polling every
+``/embed`` and ``/search`` batch continuously (``reidloop.serving.batcher``): a request runs as soon as the
+model is free, together with those that arrived while it was busy (up to ``max_batch_size``).
+Both deployments reload when the followed checkpoint changes (a watcher thread polling every
 ``watch_interval_s``) or when Serve calls ``reconfigure(user_config)`` with ``{"checkpoint": path}``.
 
     serve run services.serve_app:build_app config=tune_configs/serve.yaml checkpoint=runs/synthetic
@@ -40,6 +42,7 @@ from reidloop.config.serve import ServeConfig
 from reidloop.serving import (ADMIN, MAX_JSON_DEPTH, Access, InputTransform, ReidService, ServingError, Upload,
                               check_request_pixels, make_entry, parse_id_list, parse_k, parse_meta, parse_upload,
                               redact_matches, redact_paths, require_admin)
+from reidloop.serving.batcher import ContinuousBatcher
 
 log = logging.getLogger("reidloop.serve")
 USER_CONFIG_KEYS = ("checkpoint", "watch_interval_s")
@@ -275,32 +278,20 @@ class _ModelReplica:
             self._wake.set()
         await self._run(self._reload_pool, self.service.reload, (user_config or {}).get("checkpoint"))
 
-    def version(self) -> dict:
+    def model_info(self) -> dict:
         return {**self.service.version_info(), "gallery_size": self.service.state.index.size}
 
-    def _batching(self, handler) -> None:
-        handler.set_max_batch_size(self.cfg.max_batch_size)
-        handler.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+    def version(self) -> dict:  # the Gallery's remote call (the ingress's /version route shadows it)
+        return self.model_info()
 
-
-@serve.deployment(name="Embedder")
-class Embedder(_ModelReplica):
-    def __init__(self, cfg: dict) -> None:
-        super().__init__(cfg)
-        self._batching(self._embed_batch)
-
-    def _embed_many(self, images: list[torch.Tensor]) -> list[dict]:
-        feats, version = self.service.embed(images)
-        return [{"embedding": f.tolist(), "dim": int(feats.shape[1]), "model_version": version} for f in feats]
-
-    async def embed(self, image: torch.Tensor) -> dict:
-        if self.cfg.batching:
-            return await self._embed_batch(image)
-        return (await self._run(self._model_pool, self._embed_many, [image]))[0]
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _embed_batch(self, images: list[torch.Tensor]) -> list[dict]:
-        return await self._run(self._model_pool, self._embed_many, images)
+    def _batcher(self, fn: Callable[[list], list]) -> Callable:
+        """``fn`` (a list of requests → a list of answers) run in the model thread: continuously batched
+        (``reidloop.serving.batcher``), or one request per call with ``batching: false``."""
+        if not self.cfg.batching:
+            async def one(item):
+                return (await self._run(self._model_pool, fn, [item]))[0]
+            return one
+        return ContinuousBatcher(fn, self._model_pool, self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
 
 
 @serve.deployment(name="Gallery")
@@ -309,7 +300,7 @@ class Gallery(_ModelReplica):
 
     def __init__(self, cfg: dict) -> None:
         super().__init__(cfg, store=True)
-        self._batching(self._search_batch)
+        self._search = self._batcher(self._search_many)
         if self.service.store is not None and self.service.store.keep_images and self.service.stale_ids():
             # entries stored by another model (the checkpoint changed while the server was down): re-embedded
             # in the background while the fresh ones are searched
@@ -330,13 +321,7 @@ class Gallery(_ModelReplica):
                 for m, (_, k) in zip(results, queries)]
 
     async def search(self, image: torch.Tensor, k: int) -> dict:
-        if self.cfg.batching:
-            return await self._search_batch((image, k))
-        return (await self._run(self._model_pool, self._search_many, [(image, k)]))[0]
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _search_batch(self, queries: list[tuple[torch.Tensor, int]]) -> list[dict]:
-        return await self._run(self._model_pool, self._search_many, queries)
+        return await self._search((image, k))
 
     def _add(self, entries: list, images: list[torch.Tensor], raw: Optional[list[bytes]]) -> dict:
         state = self.service.add(entries, images, raw)
@@ -361,11 +346,13 @@ class Gallery(_ModelReplica):
 # ---------------------------------------------------------------- HTTP ingress
 @serve.deployment(name="ReidApi")
 @serve.ingress(app)
-class ReidApi:
-    def __init__(self, embedder: DeploymentHandle, gallery: DeploymentHandle, cfg: dict,
-                 access: Optional[dict] = None) -> None:
-        self.cfg = from_dict(ServeConfig, cfg)
-        self.embedder, self.gallery = embedder, gallery
+class ReidApi(_ModelReplica):
+    """The HTTP API; embeds ``/embed`` itself (its own copy of the model, following the checkpoint)."""
+
+    def __init__(self, gallery: DeploymentHandle, cfg: dict, access: Optional[dict] = None) -> None:
+        super().__init__(cfg)
+        self.gallery = gallery
+        self._embed = self._batcher(self._embed_many)
         self.transform = InputTransform(self.cfg.height, self.cfg.width)
         app.state.guard = GuardSettings(Access.from_dict(access), self.cfg.max_in_flight, self.cfg.request_timeout_s)
 
@@ -402,7 +389,11 @@ class ReidApi:
               responses={200: {"model": EmbedBody}, **errors(400, 413, 415, 422)})
     async def embed(self, request: Request) -> JSONResponse:
         (image,) = await self._images(await self._upload(request))
-        return JSONResponse(await self.embedder.embed.remote(image))
+        return JSONResponse(await self._embed(image))
+
+    def _embed_many(self, images: list[torch.Tensor]) -> list[dict]:
+        feats, version = self.service.embed(images)
+        return [{"embedding": f.tolist(), "dim": int(feats.shape[1]), "model_version": version} for f in feats]
 
     @app.post("/search", summary="Top-k gallery matches of a query image",
               openapi_extra=_image_body({"k": {"type": "integer", "minimum": 1, "default": 10}}),
@@ -456,14 +447,14 @@ class ReidApi:
 
     @app.get("/health", summary="Liveness of the ingress and both model deployments (no token needed)")
     async def health(self) -> dict:
-        g, e = await asyncio.gather(self.gallery.version.remote(), self.embedder.version.remote())
+        g, e = await self.gallery.version.remote(), self.model_info()
         return {"status": "ok", "model_version": g["model_version"], "embedder_version": e["model_version"],
                 "gallery_size": g["gallery_size"], "stale": g["stale"], "reembedding": g["reembedding"]}
 
     @app.get("/version", summary="The served checkpoint: id, file name, metrics, load time, last reload error "
              "(a code and a time; never a path)")
     async def version(self) -> dict:
-        g, e = await asyncio.gather(self.gallery.version.remote(), self.embedder.version.remote())
+        g, e = await self.gallery.version.remote(), self.model_info()
         e.pop("gallery_size", None)
         return redact_paths({**g, "embedder": e})
 
@@ -494,14 +485,14 @@ def build(cfg: ServeConfig, user_config: Optional[dict] = None):
         plain["gallery_dir"] = _local_path(cfg.gallery_dir)
     if user_config is None:
         user_config = {"checkpoint": plain["checkpoint"], "watch_interval_s": cfg.watch_interval_s}
-    embedder = Embedder.options(user_config=user_config, **cfg.embedder.serve_options()).bind(plain)
     gallery = Gallery.options(user_config=user_config, **cfg.gallery.serve_options()).bind(plain)
-    return ReidApi.options(**cfg.ingress.serve_options()).bind(embedder, gallery, plain, access.to_dict())
+    return ReidApi.options(user_config=user_config, **cfg.ingress.serve_options()).bind(gallery, plain,
+                                                                                       access.to_dict())
 
 
 def build_app(args: dict):
     """Application builder for ``serve run`` / ``serve deploy``: ``config`` names the YAML, any other
-    key overrides a field (``checkpoint=runs/x``, ``embedder.num_replicas=2``)."""
+    key overrides a field (``checkpoint=runs/x``, ``ingress.num_replicas=2``)."""
     args = dict(args)
     path = args.pop("config", None)
     return build(load_config(ServeConfig, path and _local_path(path), [f"{k}={v}" for k, v in args.items()]))

@@ -68,10 +68,10 @@ def served(ray_session, synthetic_tiny, tmp_path_factory):
     write_checkpoint(run_dir / "model.pt", seed=0, round=0, answers=0, rank1=0.25, mAP=0.125)
     dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=32)
     cfg = ServeConfig(checkpoint=str(run_dir), port=free_port(), app_name=APP, height=H, width=W,
-                      watch_interval_s=0.1, torch_threads=1, max_batch_size=8, batch_wait_timeout_s=0.002,
+                      watch_interval_s=0.1, torch_threads=1, max_batch_size=8,  # continuous batching, no wait
                       max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, max_files=32, max_k=20,
                       keep_images=True,  # a swapped-in model re-embeds the gallery from the kept uploads
-                      ingress=dep, embedder=dep, gallery=dep)
+                      ingress=dep, gallery=dep)
     config_file = run_dir.parent / "serve.yaml"
     save_config(cfg, config_file)
     deploy_config(cfg.port, config_file)
@@ -341,7 +341,7 @@ def test_reconfigure_user_config_switches_checkpoint_and_keeps_the_gallery(index
     def reconfigure(checkpoint: str) -> None:
         user_config = {"checkpoint": checkpoint, "watch_interval_s": 0.1}
         deploy_config(indexed["cfg"].port, indexed["config_file"],
-                      [{"name": name, "user_config": user_config} for name in ("Embedder", "Gallery")])
+                      [{"name": name, "user_config": user_config} for name in ("ReidApi", "Gallery")])
 
     reconfigure(str(other))
     v = wait_for(lambda: (v := get(url + "/version"))["checkpoint_id"] == expected
@@ -408,4 +408,4 @@ def test_deploy_config_file_is_valid_for_serve():
     schema = ServeDeploySchema.model_validate(yaml.safe_load(open("tune_configs/serve_deploy.yaml")))
     app = schema.applications[0]
     assert app.import_path == "services.serve_app:build_app" and schema.http_options.host == "127.0.0.1"
-    assert {d.name for d in app.deployments} == {"ReidApi", "Embedder", "Gallery"}
+    assert {d.name for d in app.deployments} == {"ReidApi", "Gallery"}

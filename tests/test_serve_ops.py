@@ -81,7 +81,7 @@ def ops(ray_session, synthetic_tiny, tmp_path_factory):
                       keep_images=True, token_file=str(secrets / "admin"), read_token_file=str(secrets / "read"),
                       max_body_bytes=MAX_BODY, max_pixels=MAX_PIXELS, max_request_pixels=MAX_REQUEST_PIXELS,
                       max_files=MAX_FILES, max_in_flight=MAX_IN_FLIGHT, request_timeout_s=REQUEST_TIMEOUT_S,
-                      ingress=dep, embedder=dep, gallery=dep)
+                      ingress=dep, gallery=dep)
     config_file = root / "serve.yaml"
     save_config(cfg, config_file)
     assert ADMIN_TOKEN not in config_file.read_text()  # the config names the files, never the tokens

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from urllib3.filepost import encode_multipart_formdata
 
-from reidloop.config import ConfigError, load_config
+from reidloop.config import ConfigError, from_dict, load_config
 from reidloop.config.serve import ServeConfig
 from reidloop.data.transforms import build_transforms
 from reidloop.engine.features import extract_features
@@ -409,12 +409,18 @@ def test_service_needs_a_loadable_checkpoint_at_start(tmp_path):
 def test_serve_config_file_and_validation(tmp_path):
     cfg = load_config(ServeConfig, "tune_configs/serve.yaml")
     assert cfg.host == "127.0.0.1" and cfg.amp == "auto" and cfg.batching
-    opts = cfg.embedder.serve_options()
-    assert "autoscaling_config" in opts and "num_replicas" not in opts
+    opts = cfg.ingress.serve_options()  # the ingress embeds: it is what scales
+    assert "autoscaling_config" in opts and "num_replicas" not in opts and opts["ray_actor_options"]["num_cpus"] == 1
     assert cfg.gallery.serve_options()["num_replicas"] == 1
-    for override, fragment in (("gallery.num_replicas=2", "must be 1"),
-                               ("embedder.max_ongoing_requests=4", "so batches can fill"),
-                               ("embedder.autoscaling={max_replicas: 2, bogus: 1}", "unknown keys"),
-                               ("port=70000", "port"), ("amp=half", "amp")):
+    for overrides, fragment in ((["gallery.num_replicas=2"], "must be 1"),
+                                (["max_in_flight=4", "ingress.max_ongoing_requests=4"], "so batches can fill"),
+                                (["ingress.max_ongoing_requests=4"], "max_in_flight"),
+                                (["ingress.autoscaling={max_replicas: 2, bogus: 1}"], "unknown keys"),
+                                (["port=70000"], "port"), (["amp=half"], "amp"),
+                                # the Embedder deployment of earlier versions: say where its settings went
+                                (["embedder.num_replicas=2"], r"embedder: the Embedder deployment is gone.* move "
+                                                              r"its settings to ingress")):
         with pytest.raises(ConfigError, match=fragment):
-            load_config(ServeConfig, "tune_configs/serve.yaml", [override])
+            load_config(ServeConfig, "tune_configs/serve.yaml", overrides)
+    with pytest.raises(ConfigError, match=r"^embedder: the Embedder deployment is gone"):
+        from_dict(ServeConfig, {"embedder": {"num_replicas": 2}})

@@ -99,13 +99,21 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _removed(cls: type) -> dict[str, str]:
+    """A config class's ``REMOVED`` (ClassVar): keys of earlier versions → what to write instead."""
+    return getattr(cls, "REMOVED", {})
+
+
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and bad types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    prefix = f"{where}." if where else ""
+    for name in unknown:  # a key an earlier version had: say what replaced it
+        if name in _removed(cls):
+            raise ConfigError(f"{prefix}{name}: {_removed(cls)[name]}")
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(
             f"{prefix}{unknown[0]}: unknown key (known keys of {_type_name(cls)}: {', '.join(sorted(fields))})"
         )
@@ -130,6 +138,8 @@ def field_type(cls: type, dotted: str, where: str | None = None) -> Any:
         if not (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
             raise ConfigError(f"{where}: unknown parameter ({'.'.join(parts[:i])} is not a section)")
         names = {f.name for f in dataclasses.fields(tp) if f.init}
+        if part not in names and part in _removed(tp):
+            raise ConfigError(f"{where}: {_removed(tp)[part]}")
         if part not in names:
             known_in = ".".join(parts[:i]) or _type_name(cls)
             raise ConfigError(f"{where}: unknown parameter (known in {known_in}: {', '.join(sorted(names))})")

@@ -5,7 +5,7 @@ Loaded like every other job config: ``load_config(ServeConfig, "tune_configs/ser
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from .loader import ConfigError
 
@@ -74,10 +74,13 @@ class ServeConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 only where the hardware has it
     torch_threads: Optional[int] = None  # torch intra-op threads per model replica (None: torch's default)
     metric: Literal["euclidean", "cosine"] = "euclidean"  # distance of /search
-    # Request batching (@serve.batch) of /embed and /search; off: one forward pass per request.
+    # Request batching of /embed and /search (reidloop/serving/batcher.py): a request runs as soon as the
+    # model is free, with those that arrived while it was busy (up to max_batch_size); batch_wait_timeout_s
+    # > 0 makes a batch with room wait that long for more first (Ray Serve's @serve.batch behaviour: every
+    # lone request pays it). Off: one forward pass per request.
     batching: bool = True
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.005
+    batch_wait_timeout_s: float = 0.0
     # The gallery on disk (reidloop/serving/store.py): Parquet parts reloaded on start. gallery_dir None:
     # gallery/ in the served run folder (or beside the served checkpoint file). persist_gallery false:
     # in memory only, lost on restart.
@@ -104,9 +107,14 @@ class ServeConfig:
     # Retry-After. Bounds the memory of buffered bodies to about max_in_flight × max_body_bytes.
     max_in_flight: int = 32
     request_timeout_s: float = 60.0  # a request not answered in this time gets 503 (its work is cancelled)
-    ingress: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256))
-    embedder: DeploymentConfig = field(default_factory=DeploymentConfig)
+    # The ingress (ReidApi) parses, decodes and embeds /embed with its own copy of the model: scale the
+    # embedding work with its num_replicas / autoscaling (one CPU per replica by default).
+    ingress: DeploymentConfig = field(default_factory=lambda: DeploymentConfig(num_cpus=1.0, max_ongoing_requests=256))
     gallery: DeploymentConfig = field(default_factory=DeploymentConfig)  # holds the index: one replica
+
+    REMOVED: ClassVar[dict[str, str]] = {
+        "embedder": "the Embedder deployment is gone: the ingress embeds /embed itself (one hop fewer); "
+                    "move its settings to ingress (num_replicas, autoscaling, num_cpus, num_gpus)"}
 
     def __post_init__(self) -> None:
         _check(self.watch_interval_s >= 0, "watch_interval_s", self.watch_interval_s, "must be >= 0")
@@ -125,7 +133,7 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_pixels", "max_request_pixels", "max_files", "max_k",
                      "max_gallery_size", "max_in_flight"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
-        for name in ("embedder", "gallery"):
+        for name in ("ingress", "gallery"):
             dep = getattr(self, name)
             _check(not self.batching or dep.max_ongoing_requests >= self.max_batch_size,
                    f"{name}.max_ongoing_requests", dep.max_ongoing_requests,
