@@ -175,3 +175,127 @@ def test_load_errors_name_the_file(tmp_path):
     (tmp_path / "bad.pt").write_bytes((tmp_path / "a.pt").read_bytes()[:100])
     with pytest.raises(ValueError, match="bad.pt"):
         DQNAgent.load(tmp_path / "bad.pt", c)
+
+
+# ---------------------------------------------------------------- the learning schedule (dral.learn_*)
+def dral(seed: int = 0, **kw):
+    """A small DralStrategy (ns=3) with ``kw`` overriding its DralConfig."""
+    from reidloop.strategies import build_strategy
+
+    base = dict(ns=3, kmax=3, kappa=2, hidden=16, layers=2, batch_size=4, replay_size=64, target_sync=10)
+    base.update(kw)
+    return build_strategy("dral", DralConfig(**base), seed=seed)
+
+
+def feed(strategy, n: int, rng: np.random.Generator) -> list[int]:
+    """``n`` answered questions of random states through select/observe, as the engine does; the picks."""
+    from reidloop.strategies import Transition
+
+    od, ns = strategy.agent.obs_dim, strategy.agent.n_actions
+    picks = []
+    for _ in range(n):
+        obs, mask = rng.normal(size=od).astype(np.float32), rng.random(ns) < 0.7
+        mask[rng.integers(ns)] = True
+        a = strategy.select(None, obs, mask)
+        nxt = rng.random(ns) < 0.5
+        strategy.observe(Transition(obs, a, float(rng.normal()), rng.normal(size=od).astype(np.float32), nxt,
+                                    not nxt.any(), answer=1, query=0, candidate=0))
+        picks.append(a)
+    return picks
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(learn_every=0), "learn_every"), (dict(learn_updates=0), "learn_updates"),
+    (dict(learn_batch=0), "learn_batch"), (dict(target_sync=0), "target_sync"),
+    (dict(batch_size=1, learn_updates=3), "learn_updates"),  # round(1 * 1 / 3) = 0 transitions per step
+])
+def test_schedule_validation_names_the_field(kw, field):
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        DralConfig(**kw)
+
+
+def test_update_batch_holds_the_replay_ratio():
+    assert (DralConfig().update_batch, DralConfig().replay_ratio) == (64, 64)
+    assert (DralConfig(learn_every=16).update_batch, DralConfig(learn_every=16).replay_ratio) == (1024, 64)
+    assert DralConfig(learn_every=16, learn_updates=4).update_batch == 256
+    c = DralConfig(learn_every=16, learn_batch=128)
+    assert (c.update_batch, c.replay_ratio) == (128, 8)
+
+
+def old_learn(agent: DQNAgent):
+    """DQNAgent.learn as it was before the schedule: one step of batch_size, target copy every target_sync steps."""
+    from reidloop.dral.agent import GRAD_CLIP, q_target
+
+    if agent.replay.size < agent.cfg.batch_size:
+        return None
+    batch = agent.replay.sample(agent._rng, agent.cfg.batch_size)
+    b = {k: torch.from_numpy(v).to(agent.device) for k, v in batch.items()}
+    q = agent.online(b["obs"]).gather(1, b["action"][:, None]).squeeze(1)
+    with torch.no_grad():
+        next_q = agent.target(b["next_obs"]).masked_fill(~b["next_mask"], -torch.inf).amax(1)
+        live = b["next_mask"].any(1) & ~b["done"]
+        target = q_target(b["reward"], next_q, live, agent.cfg.gamma, price=None)
+    loss = torch.nn.functional.smooth_l1_loss(q, target)
+    agent.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(agent.online.parameters(), GRAD_CLIP)
+    agent.optimizer.step()
+    agent.learn_steps += 1
+    if agent.learn_steps % agent.cfg.target_sync == 0:
+        agent.sync_target()
+    return loss.item()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_default_schedule_is_the_old_one_bit_for_bit(optimizer):
+    new, old = dral(optimizer=optimizer, seed=3), dral(optimizer=optimizer, seed=3)
+    old.agent.learn = lambda: old_learn(old.agent)
+    assert feed(new, 120, np.random.default_rng(0)) == feed(old, 120, np.random.default_rng(0))
+    assert len(new.losses) == 117 and new.losses == old.losses  # exact floats, not approximately
+    for a, b in zip([*new.agent.online.parameters(), *new.agent.target.parameters()],
+                    [*old.agent.online.parameters(), *old.agent.target.parameters()]):
+        assert torch.equal(a, b)
+
+
+def test_batched_schedule_calls_the_learner_on_schedule():
+    s = dral(batch_size=8, learn_every=4, learn_updates=2)
+    steps: list[tuple[int, int]] = []
+    real = s.agent._step
+    s.agent._step = lambda n: (steps.append((s.steps, n)), real(n))[1]
+    feed(s, 41, np.random.default_rng(0))
+    # learner calls at answers 8, 12, …, 40 (none before batch_size=8 transitions), 2 steps of 8 * 4 / 2 each
+    assert steps == [(a, 16) for a in range(8, 41, 4) for _ in range(2)]
+    assert len(s.losses) == 9 and s.agent.learn_steps == 18
+    s = dral(batch_size=8, learn_every=4, learn_batch=5)
+    s.agent._step = lambda n: (steps.append((s.steps, n)), real(n))[1]
+    steps.clear()
+    feed(s, 12, np.random.default_rng(0))
+    assert steps == [(8, 5), (12, 5)]
+
+
+@pytest.mark.parametrize("kw,answers", [
+    (dict(), [13, 23, 33]),  # one step per answer from answer 4: every 10 steps, as ever
+    (dict(learn_every=4), [12, 20, 32, 40]),  # a step per 4 answers: the first call at or past each 10
+    (dict(learn_every=4, learn_updates=2), [12, 20, 32, 40]),  # 2 steps per 4 answers: the same answers
+])
+def test_target_refresh_follows_answers_not_steps(kw, answers):
+    s = dral(batch_size=4, target_sync=10, **kw)
+    synced: list[int] = []
+    real = s.agent.sync_target
+    s.agent.sync_target = lambda: (synced.append(s.steps), real())[1]
+    feed(s, 40, np.random.default_rng(0))
+    assert synced == answers
+
+
+def test_batched_schedule_checkpoint_continues_exactly(tmp_path):
+    from reidloop.atomic import torch_save
+
+    kw = dict(batch_size=8, learn_every=4, learn_updates=2, target_sync=6, seed=5)
+    s = dral(**kw)
+    feed(s, 30, np.random.default_rng(0))  # stops between learner calls (30 % 4 = 2)
+    torch_save(s.state_dict(), tmp_path / "dral.pt")
+    expected = feed(s, 30, np.random.default_rng(1)), list(s.losses)
+    t = dral(**kw)
+    t.load_state_dict(torch.load(tmp_path / "dral.pt", weights_only=True))
+    t.losses = expected[1][: len(expected[1]) - 8]  # losses are a trace, not state: the 8 calls of answers 31-60
+    assert (feed(t, 30, np.random.default_rng(1)), t.losses) == expected

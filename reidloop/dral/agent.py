@@ -71,9 +71,20 @@ class ReplayBuffer:
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def sample(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    def sample(self, rng: np.random.Generator, n: int,
+               out: Optional[dict[str, np.ndarray]] = None) -> dict[str, np.ndarray]:
+        """``n`` transitions drawn uniformly with replacement. ``out``: arrays of ``n`` rows per field to fill
+        (reused by the caller, so a large batch is not allocated and page-faulted in anew at every step)."""
         idx = rng.integers(0, self.size, size=n)
-        return {f: getattr(self, f)[idx] for f in self.FIELDS}
+        if out is None:
+            return {f: getattr(self, f)[idx] for f in self.FIELDS}
+        for f in self.FIELDS:  # mode="clip": no bounds-check buffer (idx < size <= capacity)
+            np.take(getattr(self, f), idx, axis=0, out=out[f], mode="clip")
+        return out
+
+    def batch_buffers(self, n: int) -> dict[str, np.ndarray]:
+        """Empty arrays for ``sample(…, out=)`` of ``n`` transitions."""
+        return {f: np.empty((n,) + getattr(self, f).shape[1:], getattr(self, f).dtype) for f in self.FIELDS}
 
     def state_dict(self) -> dict:
         sd: dict = {f: torch.from_numpy(getattr(self, f)[: self.size].copy()) for f in self.FIELDS}
@@ -127,6 +138,7 @@ class DQNAgent:
         self.act_steps = 0  # act(explore=True) calls so far: drives the ε schedule
         self.learn_steps = 0  # gradient steps so far: drives the target sync
         self._rng = np.random.default_rng(seed)
+        self._batch: dict[str, np.ndarray] = {}  # sample() staging arrays, reused by every step
 
     # ---------------------------------------------------------------- acting
     @property
@@ -169,15 +181,28 @@ class DQNAgent:
                         self._check_mask(next_mask, "next_mask"), bool(done))
 
     def learn(self) -> Optional[float]:
-        """One Huber-loss Q-learning step on a replay batch (Eq. 10); None until batch_size transitions exist.
+        """One learner call of the schedule (``dral.learn_*``): ``learn_updates`` Huber-loss Q-learning steps
+        (Eq. 10) on replay batches of ``update_batch`` transitions; their mean loss, or None until batch_size
+        transitions exist. The default schedule: one step on batch_size transitions.
 
         Target: r + γ · max_{a' valid in s'} Q_target(s', a'), with the bootstrap 0 when done. With
         ``dral.stop``: r - price + γ · max(0, max_{a'} Q_target(s', a')) (stopping is always possible).
+        The target network is refreshed every ``target_sync`` answers' worth of steps (:meth:`_sync_due`).
         """
-        if self.replay.size < self.cfg.batch_size:
+        c = self.cfg
+        if self.replay.size < c.batch_size:
             return None
-        batch = self.replay.sample(self._rng, self.cfg.batch_size)
-        b = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+        total = self._step(c.update_batch)
+        for _ in range(c.learn_updates - 1):
+            total = total + self._step(c.update_batch)
+        return total.item() / c.learn_updates  # one read of the loss per call, not per step
+
+    def _step(self, n: int) -> torch.Tensor:
+        """One gradient step on ``n`` replay transitions; its (detached) loss."""
+        if len(self._batch.get("action", ())) != n:
+            self._batch = self.replay.batch_buffers(n)
+        batch = self.replay.sample(self._rng, n, out=self._batch)
+        b = {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}  # CPU: no copy
         q = self.online(b["obs"]).gather(1, b["action"][:, None]).squeeze(1)
         with torch.no_grad():
             next_q = self.target(b["next_obs"]).masked_fill(~b["next_mask"], -torch.inf).amax(1)
@@ -190,9 +215,17 @@ class DQNAgent:
         nn.utils.clip_grad_norm_(self.online.parameters(), GRAD_CLIP)
         self.optimizer.step()
         self.learn_steps += 1
-        if self.learn_steps % self.cfg.target_sync == 0:
+        if self._sync_due():
             self.sync_target()
-        return loss.item()
+        return loss.detach()
+
+    def _sync_due(self) -> bool:
+        """Whether the step just taken crossed a multiple of ``target_sync`` answers learnt from: a step stands
+        for learn_every / learn_updates answers, so the copies stay the same number of answers apart whatever
+        the schedule (the default: every target_sync steps, as with one step per answer)."""
+        c = self.cfg
+        per = c.target_sync * c.learn_updates
+        return self.learn_steps * c.learn_every // per > (self.learn_steps - 1) * c.learn_every // per
 
     def sync_target(self) -> None:
         self.target.load_state_dict(self.online.state_dict())

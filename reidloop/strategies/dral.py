@@ -52,6 +52,8 @@ class DralStrategy(Strategy):
         return self.agent.act(obs, mask, explore=True, q=q)
 
     def observe(self, t: Transition) -> None:
+        """Store the answer's transition; every ``learn_every`` answers, one learner call of the schedule
+        (``DQNAgent.learn``: ``learn_updates`` steps of ``update_batch``). The Ray agent actor runs this too."""
         self.agent.remember(t.obs, t.action, t.reward, t.next_obs, t.next_mask, t.done)
         self.steps += 1
         self.episode_questions += 1
