@@ -15,6 +15,7 @@ from .schema import (
     OracleConfig,
     FinetuneConfig,
     LoopJob,
+    AdaptConfig,
     RayConfig,
     STRATEGIES,
 )
@@ -22,5 +23,5 @@ from .schema import (
 __all__ = [
     "ConfigError", "apply_overrides", "from_dict", "load_config", "save_config", "to_dict",
     "BACKBONES", "DATASETS", "DataConfig", "EvalConfig", "EvaluateJob", "ModelConfig",
-    "PretrainJob", "SyntheticConfig", "TrainConfig", "DralConfig", "AnnotatorConfig", "OracleConfig", "FinetuneConfig", "LoopJob", "RayConfig", "STRATEGIES",
+    "PretrainJob", "SyntheticConfig", "TrainConfig", "DralConfig", "AnnotatorConfig", "OracleConfig", "FinetuneConfig", "LoopJob", "AdaptConfig", "RayConfig", "STRATEGIES",
 ]

@@ -13,7 +13,8 @@ from .loader import ConfigError
 
 DATASETS = ("synthetic", "market1501", "dukemtmc", "cuhk03", "cuhk01")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v2")
-STRATEGIES = ("dral", "random", "qiu", "qbc", "gd", "nearest", "farthest", "l2r", "baseline", "upperbound")
+STRATEGIES = ("dral", "random", "qiu", "qbc", "gd", "nearest", "farthest", "l2r", "baseline", "upperbound",
+              "cluster")
 
 
 def _check(cond: bool, name: str, value, why: str) -> None:
@@ -178,8 +179,19 @@ class DralConfig:
     stop_pace_rate: float = 0.005
     replay_size: int = 20000
     batch_size: int = 64
-    target_sync: int = 200  # learner steps between target-network copies (Eq. 10)
-    learn_every: int = 1  # env steps per learner update
+    # Target-network copies (Eq. 10) every `target_sync` answers learnt from: a gradient step stands for
+    # learn_every / learn_updates answers, and the copy follows the first step at or past each multiple. With
+    # the default schedule that is every target_sync gradient steps, as before; a batched schedule keeps the
+    # copies the same number of answers apart.
+    target_sync: int = 200
+    # The learning schedule (not in the paper; the default is its one step per answer): every `learn_every`
+    # answers the agent takes `learn_updates` gradient steps on replay batches of `learn_batch` transitions.
+    # null learn_batch = batch_size * learn_every / learn_updates (rounded), which holds the replay ratio
+    # (transitions sampled per answer) at batch_size whatever the schedule: one step of 64*16 transitions
+    # every 16 answers costs a CPU far less than 16 steps of 64. Learning starts at batch_size answers.
+    learn_every: int = 1
+    learn_updates: int = 1
+    learn_batch: Optional[int] = None
     # Not in the paper (opt-in): before the first round the agent browses the labelled pre-training images
     # this many times as queries, answered from their labels (free), so it starts the pool trained
     # (reidloop/active/warmstart.py). 0 = the paper: the agent starts untrained.
@@ -205,6 +217,26 @@ class DralConfig:
         _check(self.stop_pace_rate > 0, "stop_pace_rate", self.stop_pace_rate, "must be > 0")
         _check(self.epsilon_decay_fraction is None or 0 < self.epsilon_decay_fraction <= 1,
                "epsilon_decay_fraction", self.epsilon_decay_fraction, "must be in (0, 1] or null")
+        _check(self.target_sync >= 1, "target_sync", self.target_sync, "must be >= 1")
+        _check(self.learn_every >= 1, "learn_every", self.learn_every, "must be >= 1")
+        _check(self.learn_updates >= 1, "learn_updates", self.learn_updates, "must be >= 1")
+        _check(self.learn_batch is None or self.learn_batch >= 1, "learn_batch", self.learn_batch,
+               "must be >= 1 or null (batch_size * learn_every / learn_updates)")
+        _check(self.update_batch >= 1, "learn_updates", self.learn_updates,
+               f"leaves less than one transition per step (batch_size={self.batch_size}, "
+               f"learn_every={self.learn_every}); set learn_batch")
+
+    @property
+    def update_batch(self) -> int:
+        """Transitions per gradient step: ``learn_batch``, or the one that holds the replay ratio at batch_size."""
+        if self.learn_batch is not None:
+            return self.learn_batch
+        return round(self.batch_size * self.learn_every / self.learn_updates)
+
+    @property
+    def replay_ratio(self) -> float:
+        """Replay transitions sampled per answer (batch_size with the default schedule)."""
+        return self.update_batch * self.learn_updates / self.learn_every
 
 
 @dataclass
@@ -290,6 +322,42 @@ class FinetuneConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Unsupervised adaptation to the pool before the first question (not in DRAL; reidloop/adapt/train.py):
+    cluster the pool's embeddings (k-reciprocal Jaccard distance + DBSCAN), then learn the clusters with a
+    camera-aware proxy memory (CAP), re-clustering every epoch. 0 epochs: off (the paper)."""
+
+    epochs: int = 0
+    lr: float = 1e-4  # Adam, as the loop's fine-tune
+    weight_decay: float = 5e-4
+    k1: int = 20  # k-reciprocal neighbours of the Jaccard distance (Zhong et al.)
+    k2: int = 6  # local query expansion
+    eps: float = 0.5  # DBSCAN radius on the Jaccard distance
+    min_samples: int = 2  # DBSCAN core size (itself included); CUHK01 has 4 images per person
+    temperature: float = 0.07  # of the intra- and inter-camera softmax (CAP)
+    momentum: float = 0.2  # weight a proxy keeps at each update
+    hard_negatives: int = 50  # proxies of other clusters per sample in the inter-camera term
+    inter_weight: float = 0.5  # weight of the inter-camera term
+    ids_per_batch: int = 8  # P pseudo-identities per batch
+    images_per_id: int = 4  # K images of each
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        _check(self.lr > 0 and self.weight_decay >= 0, "lr/weight_decay", (self.lr, self.weight_decay),
+               "need lr > 0 and weight_decay >= 0")
+        _check(self.k1 >= 1 and self.k2 >= 1, "k1/k2", (self.k1, self.k2), "must be >= 1")
+        _check(0 < self.eps < 1, "eps", self.eps, "must be in (0, 1) (a Jaccard distance)")
+        _check(self.min_samples >= 1, "min_samples", self.min_samples, "must be >= 1")
+        _check(self.temperature > 0, "temperature", self.temperature, "must be > 0")
+        _check(0 <= self.momentum <= 1, "momentum", self.momentum, "must be in [0, 1]")
+        _check(self.hard_negatives >= 0 and self.inter_weight >= 0, "hard_negatives/inter_weight",
+               (self.hard_negatives, self.inter_weight), "must be >= 0")
+        _check(self.ids_per_batch >= 2 and self.images_per_id >= 1, "ids_per_batch/images_per_id",
+               (self.ids_per_batch, self.images_per_id), "need ids_per_batch >= 2 and images_per_id >= 1")
+
+
+@dataclass
 class RayConfig:
     """How the loop uses a Ray cluster (services/; the core never imports ray)."""
 
@@ -331,6 +399,8 @@ class LoopJob:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     annotator: AnnotatorConfig = field(default_factory=AnnotatorConfig)  # the page of oracle.mode: human
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # Unsupervised adaptation of the pre-trained model to the pool before round 0 (off by default)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     max_queries: Optional[int] = None  # browse only this many queries (None: every pool image once)

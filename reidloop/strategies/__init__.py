@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..config import DralConfig
 from .base import RoundContext, Strategy, Transition, masked_argmax
 from .baseline import BaselineStrategy
+from .cluster import ClusterStrategy
 from .dral import DralStrategy
 from .farthest import FarthestStrategy
 from .gd import GraphDensityStrategy
@@ -14,7 +15,8 @@ from .random import RandomStrategy
 from .upperbound import UpperBoundStrategy
 
 _SIMPLE = {cls.name: cls for cls in (RandomStrategy, QIUStrategy, QBCStrategy, GraphDensityStrategy, NearestStrategy,
-                                     FarthestStrategy, BaselineStrategy, UpperBoundStrategy)}
+                                     FarthestStrategy, BaselineStrategy, UpperBoundStrategy,
+                                     ClusterStrategy)}
 
 
 def build_strategy(name: str, dral: DralConfig, seed: int = 0) -> Strategy:
