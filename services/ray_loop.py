@@ -45,7 +45,7 @@ from .labelling_service import ServiceOracle, start_labelling_service
 from .progress import Relay
 from .ray_calls import died
 from .ray_start import start_or_join
-from .ray_train import fit_finetune, fit_pretrain
+from .ray_train import fit_adapt, fit_finetune, fit_pretrain
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,21 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         if history:
             log.info("pre-trained %d epochs on %d images through Ray Train (%d workers): loss %.4f",
                      len(history), len(labelled), self.job.ray.train_workers, history[-1]["loss"])
+
+    def adapt(self, model, pool) -> list[dict]:
+        job = self.job
+        if job.ray.train_workers > 1:
+            log.info("adaptation runs on 1 Ray Train worker (ray.train_workers=%d applies to training with labels)",
+                     job.ray.train_workers)
+        truth = np.array([r.pid for r in pool]) if job.oracle.mode == "simulated" else None
+        with self.relay.watching("adaptation", "adaptation", job.adapt.epochs, self.progress,
+                                 unit="epoch") as reporter:
+            history = fit_adapt(model, pool, job, name=f"{self.run_tag}-adapt", truth=truth, reporter=reporter)
+        if history:
+            last = history[-1]
+            log.info("adapted %d epochs to %d pool images through Ray Train: %d clusters, %.0f%% clustered",
+                     len(history), len(pool), last["clusters"], 100 * last["clustered"])
+        return history
 
     def make_strategy(self) -> RemoteStrategy:
         job = self.job

@@ -26,7 +26,7 @@ import contextlib
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable, Optional, Sequence
 
 import ray
@@ -37,6 +37,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch.utils.data import DataLoader
 
+from reidloop.adapt.train import adapt_unsupervised
 from reidloop.active.finetune import (FinetuneData, FinetuneStats, epoch_batches, epoch_seed, finetune_step,
                                       prepare_finetune)
 from reidloop.config import LoopJob, RayConfig
@@ -97,7 +98,7 @@ def _report(metrics: dict, epoch: int, raw: torch.nn.Module, optimizer, scaler, 
         checkpoint = None
         if rank == 0:
             torch.save({"model": {k: v.detach().cpu() for k, v in raw.state_dict().items()},
-                        "optimizer": optimizer.state_dict(),
+                        "optimizer": optimizer.state_dict() if optimizer is not None else None,
                         "scaler": scaler.state_dict() if scaler is not None else None,
                         "epoch": epoch, "extra": extra}, os.path.join(d, STATE_FILE))
             checkpoint = Checkpoint.from_directory(d)
@@ -129,6 +130,28 @@ def pretrain_loop(config: dict) -> None:
     its epochs to ``config["reporter"]`` (if any)."""
     with _forwarding(config, "pre-training"):
         _pretrain_loop(config)
+
+
+def adapt_loop(config: dict) -> None:
+    """Unsupervised adaptation (``reidloop.adapt``) in one Ray Train worker; rank 0 reports its epochs."""
+    with _forwarding(config, "adaptation"):
+        _adapt_loop(config)
+
+
+def _adapt_loop(config: dict) -> None:
+    _, _, device = _worker_context()
+    cfg = config["cfg"]
+    raw = model_from_payload(ray.get(config["model"]))
+    reporter = config.get("reporter")
+
+    def epoch_done(stats) -> None:
+        if reporter is not None:
+            reporter.update(0, stats.epoch + 1, cfg.epochs, wait=True)
+
+    history = adapt_unsupervised(raw, config["records"], height=config["height"], width=config["width"], cfg=cfg,
+                                 precision=resolve_precision(config["amp"], device), truth=config["truth"],
+                                 num_workers=config["num_workers"], progress=False, on_epoch=epoch_done)
+    _report({}, cfg.epochs - 1, raw, None, None, {"history": [h.to_dict() for h in history]}, 0)
 
 
 def _finetune_loop(config: dict) -> None:
@@ -232,6 +255,19 @@ def fit_finetune(model: ReidNet, pool: Sequence[ImageRecord], job: LoopJob, data
     _load_weights(model, state["model"])
     model.eval()
     return FinetuneStats(**state["extra"]).finish(time.perf_counter() - start)
+
+
+def fit_adapt(model: ReidNet, records: Sequence[ImageRecord], job: LoopJob, name: str, truth=None,
+              reporter: Optional[Reporter] = None) -> list[dict]:
+    """Unsupervised adaptation of ``model`` to ``records`` in place, in a Ray Train run of one worker (the
+    cluster memory is one replica's: data-parallel adaptation is not implemented); the epochs' reports."""
+    config = {"model": ray.put(model_payload(model)), "cfg": job.adapt, "records": list(records), "truth": truth,
+              "amp": job.pretrain.amp, "height": job.data.height, "width": job.data.width,
+              "num_workers": job.data.num_workers, "reporter": reporter}
+    state = _fit(adapt_loop, config, replace(job.ray, train_workers=1), name)
+    _load_weights(model, state["model"])
+    model.eval()
+    return state["extra"]["history"]
 
 
 def fit_pretrain(model: ReidNet, records: Sequence[ImageRecord], job: LoopJob, name: str,

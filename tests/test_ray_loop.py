@@ -334,3 +334,24 @@ def test_an_actor_that_crashes_on_every_call_ends_the_job_naming_it(ray_session,
     assert last.startswith("error: the labelling service") and "ray.actor_max_restarts=1" in last, done.stderr[-3000:]
     assert "its last error:" in last
     assert logged(work / "always-crashing") == 0  # every crash came before its part was published
+
+
+def test_adaptation_runs_through_ray_train_like_the_core(ray_session, work, tiny_checkpoint):
+    """``adapt`` on Ray: a Ray Train run (one worker) adapts the model before round 0, with the epochs'
+    reports of the core's adapt_unsupervised, and the in-process loop's adaptation gives the same clusters."""
+    from services.ray_loop import RayActiveLearningLoop
+
+    adapt = {"adapt.epochs": 1, "adapt.eps": 0.5, "adapt.min_samples": 2, "adapt.k1": 4, "adapt.k2": 2,
+             "adapt.ids_per_batch": 2, "adapt.images_per_id": 2, "strategy": "random", "oracle.budget": 6}
+    RayActiveLearningLoop(ray_job(work, tiny_checkpoint, "adapt-ray", **adapt), progress=False).run()
+    ActiveLearningLoop(tiny_job(work / "adapt-local", tiny_checkpoint, work / "cache", **adapt), progress=False).run()
+    remote = json.loads((work / "adapt-ray" / "adapt.json").read_text())["epochs"]
+    local = json.loads((work / "adapt-local" / "adapt.json").read_text())["epochs"]
+    assert len(remote) == 1 and remote[0]["steps"] > 0
+    # epoch 0 clusters the source model's features: the same in the Train worker as in the driver
+    keys = ("clusters", "clustered", "cross_camera", "purity", "pair_precision", "pair_recall", "steps")
+    assert {k: remote[0][k] for k in keys} == {k: local[0][k] for k in keys}
+    adapted, _ = load_checkpoint(work / "adapt-ray" / "adapted.pt")
+    source, _ = load_checkpoint(tiny_checkpoint)
+    assert any(not torch.equal(v, adapted.state_dict()[k]) for k, v in source.state_dict().items()
+               if k in adapted.state_dict())

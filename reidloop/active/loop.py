@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import atomic
+from ..adapt.train import adapt_unsupervised
 from ..answer_log import AnswerLog, effective
 from ..config import LoopJob, save_config, to_dict
 from ..config.resume import check_resume
@@ -162,7 +163,20 @@ class ActiveLearningLoop:
         if job.dral.ns >= len(pool):
             raise ValueError(f"dral.ns={job.dral.ns} must be smaller than the unlabelled pool "
                              f"({len(pool)} images of {splits.name})")
+        if job.adapt.epochs:
+            model = self._adapted(model, pool)
         return splits, pool, model
+
+    def _adapted(self, model, pool: Sequence[ImageRecord]) -> torch.nn.Module:
+        """``adapt``: the model adapted to the pool without answers, once per output_dir (``adapted.pt``)."""
+        path = self.out / "adapted.pt"
+        if path.exists():  # resume: adaptation is done once per output_dir
+            return load_checkpoint(path)[0]
+        model.reset_classifier(0)
+        history = self.adapt(model, pool)
+        atomic.write_json(self.out / "adapt.json", {"config": to_dict(self.job.adapt), "epochs": history})
+        save_checkpoint(path, model, extra={"adapted_on": len(pool), "adapt": to_dict(self.job.adapt)})
+        return model
 
     def _warmstart_source(self) -> list[ImageRecord]:
         """The labelled images the agent warms up on when the run starts from a checkpoint."""
@@ -195,6 +209,19 @@ class ActiveLearningLoop:
         log.info("pre-training %s on %d images (%s)", job.model.backbone, len(labelled), precision.describe())
         train_supervised(model, labelled, height=job.data.height, width=job.data.width, cfg=job.pretrain,
                          precision=precision, num_workers=job.data.num_workers, progress=self.progress)
+
+    def adapt(self, model, pool: Sequence[ImageRecord]) -> list[dict]:
+        """Unsupervised adaptation of ``model`` to ``pool`` in place (``reidloop.adapt``); the epochs' reports.
+        With the simulated oracle the reports also say how well the clusters match the truth (never used)."""
+        job = self.job
+        precision = resolve_precision(job.pretrain.amp, self.device)
+        log.info("adapting %s to the %d pool images without answers (%d epochs, %s)", job.model.backbone,
+                 len(pool), job.adapt.epochs, precision.describe())
+        truth = np.array([r.pid for r in pool]) if job.oracle.mode == "simulated" else None
+        history = adapt_unsupervised(model, pool, height=job.data.height, width=job.data.width, cfg=job.adapt,
+                                     precision=precision, truth=truth, num_workers=job.data.num_workers,
+                                     progress=self.progress)
+        return [h.to_dict() for h in history]
 
     def make_strategy(self) -> Strategy:
         return build_strategy(self.job.strategy, self.job.dral, seed=self.job.seed)
