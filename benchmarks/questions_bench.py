@@ -171,10 +171,12 @@ def quality_table(rows: list[dict]) -> str:
 
 def write(out: Path, stem: str, rows: list[dict], args) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    from report import machine_meta  # benchmarks/report.py (this folder is on sys.path, as for env_workers_bench)
+
     (out / f"{stem}.json").write_text(json.dumps({
         "benchmark": "questions_bench", "args": vars(args), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(), "rows": rows},
-        indent=2))
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": platform.python_version(),
+        "meta": machine_meta(), "rows": rows}, indent=2))
     with open(out / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

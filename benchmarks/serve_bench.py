@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastapi import FastAPI, Request  # module level: FastAPI resolves the route's (postponed) annotations here
+from fastapi.responses import JSONResponse
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -130,6 +132,8 @@ async def drive(url: str, images: list[bytes], concurrency: int, requests: int, 
                                     headers={"content-type": "image/png"}) as r:
                 body = await r.read()
                 if r.status != 200 or expect not in body:
+                    if not failures:
+                        print(f"  first failed request: HTTP {r.status} {body[:200]!r}", flush=True)
                     failures += 1
             lat.append(time.perf_counter() - t0)
 
@@ -138,6 +142,7 @@ async def drive(url: str, images: list[bytes], concurrency: int, requests: int, 
         warm_up = iter(range(2 * concurrency))
         await asyncio.gather(*(worker(session, warm_up) for _ in range(concurrency)))
         lat.clear()
+        failures = 0  # the warm-up's do not count
         todo = iter(range(requests))
         start = time.perf_counter()
         await asyncio.gather(*(worker(session, todo) for _ in range(concurrency)))
@@ -155,7 +160,7 @@ def http_levels(checkpoint: str, local: InProcess, args, batching: bool, port: i
     cfg = ServeConfig(checkpoint=checkpoint, port=port, app_name="bench", height=args.height, width=args.width,
                       watch_interval_s=0.0, torch_threads=args.threads, batching=batching,
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
-                      ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), embedder=dep, gallery=dep)
+                      ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), gallery=dep)
     url = deploy(cfg)
     rows = []
     try:
@@ -165,12 +170,46 @@ def http_levels(checkpoint: str, local: InProcess, args, batching: bool, port: i
             rows.append({"mode": "http /embed", "batching": "on" if batching else "off", "concurrency": c,
                          "requests": args.requests, **res, "failures": failures,
                          "base_p50_ms": base["p50_ms"], "base_rps": base["rps"],
-                         "overhead_p50": res["p50_ms"] / base["p50_ms"], "vs_inprocess_rps": res["rps"] / base["rps"]})
+                         "overhead_p50": res["p50_ms"] / base["p50_ms"], "vs_inprocess_rps": res["rps"] / base["rps"],
+                         "over_ms": res["p50_ms"] - base["p50_ms"]})
             print(f"  http batching={'on' if batching else 'off'} c={c}: p50 {res['p50_ms']:.1f} ms, "
                   f"{res['rps']:.1f} req/s (paired in-process: p50 {base['p50_ms']:.1f} ms, "
                   f"{base['rps']:.1f} img/s)", flush=True)
     finally:
         serve.delete(cfg.app_name)
+    return rows
+
+
+def floor_levels(local: InProcess, args, port: int) -> list[dict]:
+    """Ray Serve alone: the same proxy and one ingress replica whose ``POST /embed`` reads the body and answers
+    a JSON of the same size as ours, with no model (what no Serve application can go below on this machine)."""
+    from ray import serve
+
+    dim = local.model.dim
+    answer = {"embedding": [0.0] * dim, "dim": dim, "model_version": "floor"}
+    api = FastAPI()
+
+    @serve.deployment(name="Floor", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+    @serve.ingress(api)
+    class Floor:
+        @api.post("/embed")
+        async def embed(self, request: Request) -> JSONResponse:
+            await request.body()
+            return JSONResponse(answer)
+
+    serve.run(Floor.bind(), name="floor", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for c in args.concurrency:
+            base = local.run(args.baseline_requests)
+            res, failures = asyncio.run(drive(url, local.images, c, args.requests))
+            rows.append({"mode": "Ray Serve alone (no model)", "batching": "-", "concurrency": c,
+                         "requests": args.requests, **res, "failures": failures, "base_p50_ms": base["p50_ms"],
+                         "base_rps": base["rps"], "overhead_p50": None, "vs_inprocess_rps": res["rps"] / base["rps"]})
+            print(f"  Ray Serve alone c={c}: p50 {res['p50_ms']:.1f} ms, {res['rps']:.1f} req/s", flush=True)
+    finally:
+        serve.delete("floor")
     return rows
 
 
@@ -208,7 +247,7 @@ def search_levels(checkpoint: str, local: InProcess, args, port: int, tmp: str) 
         cfg = ServeConfig(checkpoint=checkpoint, port=port, app_name="bench", height=args.height, width=args.width,
                           watch_interval_s=0.0, torch_threads=args.threads, max_batch_size=args.max_batch_size,
                           batch_wait_timeout_s=args.batch_wait_s, gallery_dir=folder, max_gallery_size=max(size, 1),
-                          ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), embedder=dep, gallery=dep)
+                          ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), gallery=dep)
         t0 = time.perf_counter()
         url = deploy(cfg)
         start_s = time.perf_counter() - t0
@@ -242,13 +281,14 @@ def search_table(rows: list[dict]) -> str:
 
 def table(rows: list[dict]) -> str:
     head = (f"| {'mode':<26} | batching | concurrency | p50 ms | p99 ms | req/s | in-proc p50 ms | in-proc img/s "
-            f"| overhead (p50) | vs in-proc (req/s) |")
+            f"| overhead (p50) | p50 over in-proc ms | vs in-proc (req/s) |")
     lines = [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         overhead = "-" if r["overhead_p50"] is None else f"{r['overhead_p50']:.2f}x"
+        over = "-" if r.get("over_ms") is None else f"{r['over_ms']:.1f}"
         lines.append(f"| {r['mode']:<26} | {r['batching']:<8} | {r['concurrency']:>11} | {r['p50_ms']:>6.1f} | "
                      f"{r['p99_ms']:>6.1f} | {r['rps']:>5.1f} | {r['base_p50_ms']:>14.1f} | {r['base_rps']:>13.1f} "
-                     f"| {overhead:>14} | {r['vs_inprocess_rps']:>17.2f}x |")
+                     f"| {overhead:>14} | {over:>19} | {r['vs_inprocess_rps']:>17.2f}x |")
     return "\n".join(lines)
 
 
@@ -262,7 +302,8 @@ def main(argv=None) -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--images", type=int, default=32, help="distinct images cycled through")
     p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--batch-wait-s", type=float, default=0.005)
+    p.add_argument("--batch-wait-s", type=float, default=0.0,
+                   help="batch_wait_timeout_s (0, the default: continuous batching)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads, in-process and per model replica (1: stable on a small shared CPU)")
     p.add_argument("--search-sizes", type=int, nargs="+", default=None,
@@ -303,6 +344,7 @@ def main(argv=None) -> None:
             else:
                 for batching in (True, False):
                     rows += http_levels(checkpoint, local, args, batching, port)
+                rows += floor_levels(local, args, port)
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -312,11 +354,11 @@ def main(argv=None) -> None:
     meta = {"backbone": args.backbone, "input": [args.height, args.width], "requests_per_level": args.requests,
             "baseline_requests": args.baseline_requests, "max_batch_size": args.max_batch_size,
             "batch_wait_timeout_s": args.batch_wait_s, "torch_threads": args.threads, "precision": precision,
-            "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), **_machine(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "note": "* latency per batch of max_batch_size images"}
     keys = ["mode", "batching", "concurrency", "requests", "p50_ms", "p99_ms", "rps", "base_p50_ms", "base_rps",
-            "overhead_p50", "vs_inprocess_rps", "failures", "load_avg_1m"]
+            "overhead_p50", "over_ms", "vs_inprocess_rps", "failures", "load_avg_1m"]
     write_results(Path(args.out), "serve_bench", meta, rows, keys, table(rows))
 
 
@@ -348,6 +390,13 @@ def write_results(out: Path, name: str, meta: dict, rows: list[dict], keys: list
     failed = sum(r.get("failures", 0) for r in rows)
     if failed:
         raise SystemExit(f"{failed} HTTP requests failed")
+
+
+def _machine() -> dict:
+    from benchmarks.report import machine_meta
+
+    m = machine_meta()
+    return {k: m[k] for k in ("cpu", "cpu_flags", "date", "command", "git_commit", "git_dirty", "torch")}
 
 
 def _cpu_name() -> str:
