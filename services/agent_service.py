@@ -22,7 +22,7 @@ import torch
 
 from reidloop import atomic
 from reidloop.active.warmstart import warm_start
-from reidloop.config import DralConfig
+from reidloop.config import AdaptConfig, DralConfig
 from reidloop.active.engine import agent_end, agent_step
 from reidloop.strategies import RoundContext, Strategy, Transition, build_strategy
 
@@ -34,9 +34,9 @@ from .ray_calls import wait
 class AgentService:
     """Hosts one strategy; ``step`` = observe the last answered transitions, then select the next actions."""
 
-    def __init__(self, strategy: str, dral: DralConfig, seed: int) -> None:
+    def __init__(self, strategy: str, dral: DralConfig, seed: int, adapt: Optional[AdaptConfig] = None) -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        self.strategy: Strategy = build_strategy(strategy, dral, seed=seed)
+        self.strategy: Strategy = build_strategy(strategy, dral, seed=seed, adapt=adapt)
         self.incarnation = uuid.uuid4().hex
 
     def info(self) -> dict:

@@ -131,7 +131,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         job = self.job
         restarts = job.ray.actor_max_restarts
         handle = AgentService.options(max_restarts=restarts, max_task_retries=0).remote(job.strategy, job.dral,
-                                                                                      job.seed)
+                                                                                      job.seed, job.adapt)
         self.agent = RemoteStrategy(handle, job.ray.call_timeout_s, job.ray.task_timeout_s)
         # The env workers start alongside (process start-up overlaps); the ask rounds use them.
         self.workers = [EnvWorker.options(max_restarts=restarts, max_task_retries=0).remote(job.dral)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reidloop.config import STRATEGIES, DralConfig
+from reidloop.config import STRATEGIES, AdaptConfig, DralConfig
 from reidloop.dral.env import nearest_candidates
 from reidloop.dral.metric import EuclideanMetric
 from reidloop.strategies import RoundContext, Transition, build_strategy
@@ -40,8 +40,11 @@ def order(s, env, obs, mask) -> list[int]:
 
 def test_registered_under_its_name():
     assert "cluster" in STRATEGIES
-    s = build_strategy("cluster", DralConfig(), seed=3)
-    assert isinstance(s, ClusterStrategy) and s.asks_questions and s.eps == 0.6
+    s = build_strategy("cluster", DralConfig(), seed=3)  # the adapt section's clustering (its defaults here)
+    assert isinstance(s, ClusterStrategy) and s.asks_questions
+    assert (s.eps, s.min_samples, s.k1, s.k2) == (AdaptConfig.eps, AdaptConfig.min_samples, AdaptConfig.k1, AdaptConfig.k2)
+    t = build_strategy("cluster", DralConfig(), seed=3, adapt=AdaptConfig(eps=0.3, min_samples=3, k1=9, k2=2))
+    assert (t.eps, t.min_samples, t.k1, t.k2) == (0.3, 3, 9, 2)  # one clustering for adaptation and questions
     with pytest.raises(ValueError, match="eps must be in"):
         ClusterStrategy(eps=1.5)
 

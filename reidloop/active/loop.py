@@ -224,7 +224,7 @@ class ActiveLearningLoop:
         return [h.to_dict() for h in history]
 
     def make_strategy(self) -> Strategy:
-        return build_strategy(self.job.strategy, self.job.dral, seed=self.job.seed)
+        return build_strategy(self.job.strategy, self.job.dral, seed=self.job.seed, adapt=self.job.adapt)
 
     def open_oracle(self, pids: np.ndarray, budget: int, pool: Sequence[ImageRecord]):
         """(answer log, oracle): the log is read / flushed / compacted by ``run``, the oracle asked."""

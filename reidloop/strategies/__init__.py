@@ -1,7 +1,7 @@
 """Acquisition strategies, one per file, behind :class:`reidloop.strategies.base.Strategy`."""
 from __future__ import annotations
 
-from ..config import DralConfig
+from ..config import AdaptConfig, DralConfig
 from .base import RoundContext, Strategy, Transition, masked_argmax
 from .baseline import BaselineStrategy
 from .cluster import ClusterStrategy
@@ -15,12 +15,15 @@ from .random import RandomStrategy
 from .upperbound import UpperBoundStrategy
 
 _SIMPLE = {cls.name: cls for cls in (RandomStrategy, QIUStrategy, QBCStrategy, GraphDensityStrategy, NearestStrategy,
-                                     FarthestStrategy, BaselineStrategy, UpperBoundStrategy,
-                                     ClusterStrategy)}
+                                     FarthestStrategy, BaselineStrategy, UpperBoundStrategy)}
 
 
-def build_strategy(name: str, dral: DralConfig, seed: int = 0) -> Strategy:
-    """The strategy called ``name`` (see reidloop.config.STRATEGIES)."""
+def build_strategy(name: str, dral: DralConfig, seed: int = 0, adapt: AdaptConfig | None = None) -> Strategy:
+    """The strategy called ``name`` (see reidloop.config.STRATEGIES). ``adapt``: the clustering settings the
+    cluster-aware strategy shares with unsupervised adaptation (eps, min_samples, k1, k2; default: AdaptConfig's)."""
+    if name == "cluster":
+        a = adapt or AdaptConfig()
+        return ClusterStrategy(seed=seed, eps=a.eps, min_samples=a.min_samples, k1=a.k1, k2=a.k2)
     if name == "dral":
         return DralStrategy(dral, seed=seed)
     if name == "l2r":
@@ -30,7 +33,7 @@ def build_strategy(name: str, dral: DralConfig, seed: int = 0) -> Strategy:
     try:
         return _SIMPLE[name](seed=seed)
     except KeyError:
-        known = sorted([*_SIMPLE, "dral", "l2r"])
+        known = sorted([*_SIMPLE, "dral", "l2r", "cluster"])
         raise ValueError(f"strategy: {name!r} is not one of {known}") from None
 
 
