@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request  # module level: FastAPI resolves the route's (postponed) annotations here
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -192,10 +192,14 @@ def floor_levels(local: InProcess, args, port: int) -> list[dict]:
     @serve.deployment(name="Floor", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
     @serve.ingress(api)
     class Floor:
-        @api.post("/embed")
-        async def embed(self, request: Request) -> JSONResponse:
+        async def embed(self, request):
             await request.body()
             return JSONResponse(answer)
+
+        # a real annotation object, not the postponed string: the replica re-reads the signature from the
+        # pickled class, whose globals do not hold the name "Request"
+        embed.__annotations__ = {"request": Request}
+        embed = api.post("/embed")(embed)
 
     serve.run(Floor.bind(), name="floor", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
