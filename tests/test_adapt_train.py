@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reidloop.active.loop import ActiveLearningLoop
-from reidloop.adapt.train import adapt_unsupervised, cluster_report
+from reidloop.adapt.train import adapt_unsupervised, camera_centred, cluster_report
 from reidloop.config import AdaptConfig, ConfigError, LoopJob, load_config
 from reidloop.engine.precision import resolve_precision
 from reidloop.models import load_checkpoint
@@ -32,6 +32,27 @@ def test_cluster_report_on_a_hand_made_case():
     assert rep["pair_precision"] == pytest.approx(0.5)
     # same-person pairs: persons 7 (0,1) and 9 (3,4) -> 4 ordered pairs, 2 found
     assert rep["pair_recall"] == pytest.approx(0.5)
+
+
+def test_camera_centring_removes_what_a_camera_adds_to_every_image():
+    """Each person's look plus a strong per-camera offset: by plain distance every image's nearest neighbour is
+    from its own camera (a different person); centred per camera, it is the same person in the other camera."""
+    rng = np.random.default_rng(0)
+    persons = rng.normal(size=(10, 16))
+    offsets = 4.0 * rng.normal(size=(2, 16))
+    feats = np.concatenate([persons + offsets[c] for c in (0, 1)]).astype(np.float32)
+    cameras = np.repeat([0, 1], 10)
+    truth = np.tile(np.arange(10), 2)
+
+    def nearest_is_same_person(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = ((x[:, None] - x[None]) ** 2).sum(-1) + np.eye(len(x)) * 1e9
+        return (truth[d.argmin(1)] == truth).mean()
+
+    assert nearest_is_same_person(feats) == 0.0
+    centred = camera_centred(feats, cameras)
+    assert nearest_is_same_person(centred) == 1.0
+    np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, rtol=1e-5)
 
 
 def test_adaptation_trains_on_the_clusters_and_answers_as_constraints_make_them_the_persons(

@@ -1,7 +1,7 @@
 """Unsupervised adaptation of a Re-ID model to an unlabelled pool (0 answers): cluster, then learn the clusters.
 
 Each epoch (cluster-contrast / CAP): embed the pool with the current model (eval mode, the retrieval
-embedding), compute the k-reciprocal Jaccard distance, cluster it with DBSCAN (:func:`.clustering.cluster`,
+embedding), centre it per camera (``camera_centring``), compute the k-reciprocal Jaccard distance, cluster it with DBSCAN (:func:`.clustering.cluster`,
 which also enforces answers given as must-link / cannot-link constraints), build a camera-aware proxy memory
 from the clustered images (:class:`.memory.ClusterMemory`) and train one pass over them in P×K batches of
 pseudo-identities with the memory's contrastive loss, moving the proxies after every step. Un-clustered
@@ -67,6 +67,19 @@ def _embedding(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return F.normalize((neck(f) if neck is not None else f).float(), dim=1)
 
 
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def camera_centred(feats: np.ndarray, cameras: np.ndarray) -> np.ndarray:
+    """Unit features with each camera's mean subtracted, then unit length again: what a camera adds to all of
+    its images no longer pulls them together (the memory still learns the model's own embedding)."""
+    out = np.array(feats, dtype=np.float32, copy=True)
+    for c in np.unique(cameras):
+        out[cameras == c] -= out[cameras == c].mean(0)
+    return unit(out)
+
+
 def cluster_report(labels: np.ndarray, cameras: np.ndarray, truth: Optional[np.ndarray] = None) -> dict:
     """Cluster count, clustered share, cross-camera share and (with ``truth``) purity and pair precision/recall."""
     kept = labels >= 0
@@ -104,8 +117,9 @@ def adapt_unsupervised(model: torch.nn.Module, records: Sequence[ImageRecord], *
         start = time.perf_counter()
         feats = extract_features(model, records, height=height, width=width, precision=precision,
                                  num_workers=num_workers, progress=False)
-        feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        labels = cluster(jaccard_distance(feats, cfg.k1, cfg.k2), cfg.eps, cfg.min_samples, must_link, cannot_link)
+        feats = unit(feats)
+        basis = camera_centred(feats, cameras) if cfg.camera_centring else feats
+        labels = cluster(jaccard_distance(basis, cfg.k1, cfg.k2), cfg.eps, cfg.min_samples, must_link, cannot_link)
         report = cluster_report(labels, cameras, truth)
         kept = np.flatnonzero(labels >= 0)
         loss_sum, steps = 0.0, 0
