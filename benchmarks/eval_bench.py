@@ -44,12 +44,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import hashlib
 import io
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -63,6 +61,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.report import machine_meta  # noqa: E402
 CACHE = ROOT / ".cache" / "eval_bench"
 TR_VERSION = "0.2.5"
 SDIST_NAME = f"torchreid-{TR_VERSION}.tar.gz"
@@ -565,30 +565,6 @@ def footprint_rows(sizes: list[tuple[int, int]], nnz: dict) -> list[dict]:
 
 
 # -------------------------------------------------------------------------------------------------- output
-def machine_meta() -> dict:
-    flags, cpu = set(), platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    import torch
-
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-
-    return {"cpu": cpu, "cpu_flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile")},
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "git_commit": git("rev-parse", "HEAD"), "git_dirty": git("status", "--porcelain", "--untracked-files=no"),
-            "load_avg_1m": os.getloadavg()[0]}
-
-
 def _fmt(v, spec=".3f"):
     return "-" if v is None else format(v, spec)
 

@@ -191,6 +191,27 @@ def pair_array(pairs):
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def truthful_episode(strategy, features, ids, query: int, ns: int = 4) -> list[int]:
+    """One episode of ``strategy`` on ``query`` and its ``ns`` nearest among ``features`` (Euclidean), every
+    question answered from ``ids`` and observed; the candidates asked, in order."""
+    from reidloop.dral.env import nearest_candidates
+    from reidloop.dral.metric import EuclideanMetric
+    from reidloop.strategies import Transition
+
+    dist = EuclideanMetric().pairwise(features, features)
+    env, obs, info = query_episode(features, query, nearest_candidates(dist, query, ns).tolist(), ns=ns)
+    mask, asked = info["action_mask"], []
+    while mask.any():
+        a = strategy.select(env, obs, mask)
+        c = int(env.candidates[a])
+        y = 1 if ids[c] == ids[query] else -1
+        nxt, r, done, _, info = env.step_with_answer(a, y)
+        strategy.observe(Transition(obs, a, r, nxt, info["action_mask"], done, y, query, c))
+        obs, mask = nxt, info["action_mask"]
+        asked.append(c)
+    return asked
+
+
 def query_episode(features, query: int, candidates, known=None, ns: int = 4):
     """``(env, obs, info)`` of a QueryEpisodeEnv (Kmax = ns, κ = 2) reset on ``query`` and its ``candidates``,
     Euclidean distances between ``features``; ``known``: answers already known by candidate position."""

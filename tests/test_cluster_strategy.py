@@ -13,7 +13,7 @@ from reidloop.dral.metric import EuclideanMetric
 from reidloop.strategies import RoundContext, Transition, build_strategy
 from reidloop.strategies.cluster import ClusterStrategy
 
-from conftest import pair_array, query_episode as episode
+from conftest import pair_array, query_episode as episode, truthful_episode
 
 LINE = np.array([[0.0], [1.0], [2.0], [3.0], [4.0], [10.0]])
 
@@ -115,18 +115,7 @@ RT_IDS = np.repeat(np.arange(4), 3)
 
 def play(s, query: int) -> list[int]:
     """One episode on RT_F with truthful answers; the candidates asked, in order."""
-    D = EuclideanMetric().pairwise(RT_F, RT_F)
-    env, obs, info = episode(RT_F, query, nearest_candidates(D, query, 4).tolist())
-    mask, asked = info["action_mask"], []
-    while mask.any():
-        a = s.select(env, obs, mask)
-        c = int(env.candidates[a])
-        y = 1 if RT_IDS[c] == RT_IDS[query] else -1
-        nxt, r, done, _, info = env.step_with_answer(a, y)
-        s.observe(Transition(obs, a, r, nxt, info["action_mask"], done, y, query, c))
-        obs, mask = nxt, info["action_mask"]
-        asked.append(c)
-    return asked
+    return truthful_episode(s, RT_F, RT_IDS, query, 4)
 
 
 def test_a_restored_strategy_makes_the_same_choices():

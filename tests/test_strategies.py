@@ -9,7 +9,7 @@ from reidloop.dral.metric import EuclideanMetric
 from reidloop.strategies import RoundContext, Transition, build_strategy
 from reidloop.strategies.base import masked_argmax
 
-from conftest import pair_array, query_episode as episode
+from conftest import pair_array, query_episode as episode, truthful_episode
 
 NS = 4  # query_episode's ns
 
@@ -170,20 +170,7 @@ RT_IDS = np.repeat(np.arange(4), 3)
 
 def play(s, query: int) -> list[int]:
     """One episode on RT_F with truthful answers; the candidates asked, in order."""
-    from reidloop.dral.env import nearest_candidates
-
-    D = EuclideanMetric().pairwise(RT_F, RT_F)
-    env, obs, info = episode(RT_F, query, nearest_candidates(D, query, NS).tolist())
-    mask, asked = info["action_mask"], []
-    while mask.any():
-        a = s.select(env, obs, mask)
-        c = int(env.candidates[a])
-        y = 1 if RT_IDS[c] == RT_IDS[query] else -1
-        nxt, r, done, _, info = env.step_with_answer(a, y)
-        s.observe(Transition(obs, a, r, nxt, info["action_mask"], done, y, query, c))
-        obs, mask = nxt, info["action_mask"]
-        asked.append(c)
-    return asked
+    return truthful_episode(s, RT_F, RT_IDS, query, NS)
 
 
 @pytest.mark.parametrize("name", ["qiu", "qbc", "gd"])

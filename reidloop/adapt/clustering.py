@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics.distance import as_numpy, pairwise_distance
-from ..metrics.rerank import (_expanded_sets, _gather, _jaccard_query_gallery, _JointDistance, _query_expansion,
-                              _reciprocal_sets, _row_normalize, _stable_topk)
+from ..metrics.rerank import _jaccard_query_gallery, _JointDistance, k_reciprocal_encoding
 from ..unionfind import UnionFind
 
 
@@ -51,15 +50,7 @@ def jaccard_distance(features: np.ndarray, k1: int = 20, k2: int = 6) -> np.ndar
     np.fill_diagonal(dist, 0.0)
     # the set as the "query" part of the joint matrix, with an empty gallery: the joint set is the set itself
     joint = _JointDistance(np.zeros((n, 0), np.float32), dist, np.zeros((0, 0), np.float32))
-    k_full, k_half = min(k1, n - 1), min(int(round(k1 / 2.0)), n - 1)
-    k_top = min(max(k_full + 1, k2), n)
-    rank = np.empty((n, k_top), dtype=np.int64)
-    for s, e in joint.chunks():
-        rank[s:e] = _stable_topk(joint.rows(s, e), k_top)
-    rows, cols = _expanded_sets(_reciprocal_sets(rank, k_full), _reciprocal_sets(rank, k_half))
-    vals = _row_normalize(rows, np.exp(-_gather(joint, rows, cols)), n)
-    if k2 > 1:
-        rows, cols, vals = _query_expansion(rows, cols, vals, rank[:, :min(k2, n)], n)
+    rows, cols, vals = k_reciprocal_encoding(joint, k1, k2)
     # every row against every row: the encoding twice, the second copy playing the gallery
     jac = _jaccard_query_gallery(np.concatenate([rows, rows + n]), np.concatenate([cols, cols]),
                                  np.concatenate([vals, vals]), n, 2 * n)

@@ -200,6 +200,24 @@ def _check_dist(x: Any, name: str, shape: tuple[int, int]) -> np.ndarray:
     return arr
 
 
+def k_reciprocal_encoding(joint: _JointDistance, k1: int, k2: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every item's k-reciprocal encoding over ``joint`` (sparse rows, cols, vals): the k1-reciprocal set with
+    robust expansion (k1/2), Gaussian weights of the distances, row-normalised, then local query expansion
+    over ``k2`` neighbours (``k2=1``: none). Shared by re-ranking and the adaptation's Jaccard distance."""
+    n = joint.n
+    k_full = min(k1, n - 1)
+    k_half = min(int(round(k1 / 2.0)), n - 1)
+    k_top = min(max(k_full + 1, k2), n)
+    initial_rank = np.empty((n, k_top), dtype=np.int64)
+    for s, e in joint.chunks():
+        initial_rank[s:e] = _stable_topk(joint.rows(s, e), k_top)
+    rows, cols = _expanded_sets(_reciprocal_sets(initial_rank, k_full), _reciprocal_sets(initial_rank, k_half))
+    vals = _row_normalize(rows, np.exp(-_gather(joint, rows, cols)), n)
+    if k2 > 1:
+        rows, cols, vals = _query_expansion(rows, cols, vals, initial_rank[:, :min(k2, n)], n)
+    return rows, cols, vals
+
+
 def k_reciprocal_rerank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 20, k2: int = 6,
                         lambda_value: float = 0.3) -> np.ndarray:
     """Re-ranked (Q, G) float32 distance matrix d* (final distance) from Euclidean q-g, q-q and g-g distances.
@@ -226,17 +244,7 @@ def k_reciprocal_rerank(q_g_dist: Any, q_q_dist: Any, g_g_dist: Any, k1: int = 2
 
     joint = _JointDistance(qg, qq, gg)
     n = joint.n
-    k_full = min(k1, n - 1)
-    k_half = min(int(round(k1 / 2.0)), n - 1)
-    k_top = min(max(k_full + 1, k2), n)
-    initial_rank = np.empty((n, k_top), dtype=np.int64)
-    for s, e in joint.chunks():
-        initial_rank[s:e] = _stable_topk(joint.rows(s, e), k_top)
-
-    rows, cols = _expanded_sets(_reciprocal_sets(initial_rank, k_full), _reciprocal_sets(initial_rank, k_half))
-    vals = _row_normalize(rows, np.exp(-_gather(joint, rows, cols)), n)
-    if k2 > 1:
-        rows, cols, vals = _query_expansion(rows, cols, vals, initial_rank[:, :min(k2, n)], n)
+    rows, cols, vals = k_reciprocal_encoding(joint, k1, k2)
     jaccard = _jaccard_query_gallery(rows, cols, vals, num_q, n)
 
     # d* = (1 - λ) J + λ d, in place in J and one chunk of query rows at a time: the output is the only
