@@ -215,7 +215,8 @@ class ActiveLearningLoop:
         With the simulated oracle the reports also say how well the clusters match the truth (never used)."""
         job = self.job
         precision = resolve_precision(job.pretrain.amp, self.device)
-        log.info("adapting %s to the %d pool images without answers (%d epochs, %s)", job.model.backbone,
+        log.info("adapting %s to the %d pool images without answers (%d epochs, %s)",
+                 getattr(model, "backbone_name", job.model.backbone),
                  len(pool), job.adapt.epochs, precision.describe())
         truth = np.array([r.pid for r in pool]) if job.oracle.mode == "simulated" else None
         history = adapt_unsupervised(model, pool, height=job.data.height, width=job.data.width, cfg=job.adapt,
