@@ -8,9 +8,11 @@ trained on CUHK03 (``tune_configs/pretrain_cuhk03.yaml``; trained once, cached i
 adapts to CUHK01 by asking a simulated annotator about the 485 learning identities of a split (1,940
 images), and is tested on the other 486 (query camera A, gallery camera B).
 
-Row by row: each (row, Kmax, split seed) runs the in-process loop into ``runs/cuhk01/<key>/`` (resumed
-there if it was interrupted) and writes ``benchmarks/results/cuhk01/<key>.json`` when done; a row whose
-results file exists is skipped, so the table fills over several sessions. Then the table is printed
+Row by row: each (row, Kmax, split seed) runs the in-process loop into ``runs/<table>/<key>/`` (resumed
+there if it was interrupted) and writes ``benchmarks/results/<table>/<key>.json`` when done; a row whose
+results file exists is skipped, so the table fills over several sessions. A table adapts one source model,
+which only the kind of CPU that trained it rebuilds bit for bit, so each CPU kind grows its own table
+(``TABLES``; ``--results`` defaults to this machine's). Then the table is printed
 and written (``table.md``, ``table.json``, ``curves.png``) from every results file present.
 
 Rows (``ROWS``): ours cut rounds by answers (``tune_configs/cuhk01.yaml``: a common budget of 2n answers,
@@ -213,9 +215,30 @@ def check_can_retrain(results_dir: Path, runs: Path) -> None:
         return
     trained_on = json.loads(recorded.read_text()).get("machine")
     if trained_on is not None and trained_on != machine():
+        others = [f"{t} ({_trained_on(results_dir.parent / t)})" for t in TABLES
+                  if t != results_dir.name and _trained_on(results_dir.parent / t)]
         sys.exit(f"error: the rows in {results_dir} adapted a source model trained on {trained_on}; this machine "
                  f"({machine()}) would retrain a different one. Run this table on that kind of CPU, or give "
-                 "--results NEW_FOLDER to start a table from this machine's model")
+                 "--results NEW_FOLDER to start a table from this machine's model"
+                 + (f" (the other tables and their CPUs: {', '.join(others)})" if others else ""))
+
+
+# The tables that grow, oldest first: each adapts one source model, which only the CPU kind that trained it
+# rebuilds bit for bit (a session's checkout has no runs/), so each CPU kind grows its own table.
+TABLES = ("cuhk01_v3", "cuhk01_v4")
+
+
+def _trained_on(results_dir: Path) -> str | None:
+    recorded = results_dir / "source_cuhk03.json"
+    return json.loads(recorded.read_text()).get("machine") if recorded.exists() else None
+
+
+def default_results(root: Path, tables: tuple[str, ...] = TABLES) -> Path:
+    """The table this machine can grow: the newest in ``tables`` whose source model this kind of CPU trained,
+    else the oldest (whose refusal then names the CPU it needs, :func:`check_can_retrain`)."""
+    here = machine()
+    mine = [t for t in tables if _trained_on(root / t) == here]
+    return root / (mine[-1] if mine else tables[0])
 
 
 def source_identity(source: Path) -> dict:
@@ -305,7 +328,7 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
                                      random_2n.get((k, r["seed"]))) for r in rs]
         rec = {"row": row, "label": rs[0]["label"], "kmax": k, "seeds": [r["seed"] for r in rs],
                "answers": [r["answers"] for r in rs],
-               "queries": [None if row == "baseline" else r.get("queries_browsed") for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
+               "queries": [None if row in ("baseline", "unsupervised") else r.get("queries_browsed") for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
                **{c: [col[c] for col in cols] for c in cols[0]}, "wall_seconds": [r["wall_seconds"] for r in rs]}
         records.append(rec)
         lines.append(
@@ -401,7 +424,9 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--kmax", nargs="+", type=int, default=[5])
     p.add_argument("--runs", default=str(ROOT / "runs"))
-    p.add_argument("--results", default=str(ROOT / "benchmarks/results/cuhk01_v3"))
+    p.add_argument("--results", default=None,
+                   help="the table's folder (default: the one whose source model this kind of CPU rebuilds, "
+                        "see default_results)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="extra config override for every row run now (e.g. a calibration); recorded in the results")
     p.add_argument("--table-only", action="store_true", help="run nothing: print the table of the results present")
@@ -410,6 +435,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("reidloop.engine.precision", "reidloop.models.reid_net"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.results is None:
+        args.results = str(default_results(ROOT / "benchmarks/results"))
+        print(f"results folder: {args.results} (its source model was trained on this kind of CPU)"
+              if _trained_on(Path(args.results)) == machine() else f"results folder: {args.results}", flush=True)
     results_dir = Path(args.results)
     results_dir.mkdir(parents=True, exist_ok=True)
     if not args.table_only:

@@ -51,9 +51,9 @@ class AgentService:
         return self.incarnation, stats.to_dict()
 
     def begin_round(self, round_: int, features_metric: tuple, pos_pairs: np.ndarray,
-                    neg_pairs: np.ndarray) -> str:
+                    neg_pairs: np.ndarray, cameras: Optional[np.ndarray] = None) -> str:
         features, metric = features_metric
-        self.strategy.begin_round(RoundContext(round_, features, metric, pos_pairs, neg_pairs))
+        self.strategy.begin_round(RoundContext(round_, features, metric, pos_pairs, neg_pairs, cameras=cameras))
         return self.incarnation
 
     def step(self, transitions: list[Transition], begins: list, views: list, obs_list: list[np.ndarray],
@@ -117,7 +117,7 @@ class RemoteStrategy:
         self._round_start = self.state_dict()
         self._context = ctx
         self.context_ref = ray.put((ctx.features, ctx.metric))
-        self._call(self.handle.begin_round, ctx.round, self.context_ref, ctx.pos_pairs, ctx.neg_pairs)
+        self._call(self.handle.begin_round, ctx.round, self.context_ref, ctx.pos_pairs, ctx.neg_pairs, ctx.cameras)
 
     def state_dict(self) -> dict:
         return self._call(self.handle.state_dict)
@@ -150,4 +150,4 @@ class RemoteStrategy:
         self.incarnation = call_when_up(self.handle.info, call_timeout_s=self.timeout_s)["incarnation"]
         self.load_state_dict(self._round_start)
         ctx = self._context
-        self._call(self.handle.begin_round, ctx.round, self.context_ref, ctx.pos_pairs, ctx.neg_pairs)
+        self._call(self.handle.begin_round, ctx.round, self.context_ref, ctx.pos_pairs, ctx.neg_pairs, ctx.cameras)

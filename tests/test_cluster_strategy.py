@@ -135,3 +135,30 @@ def test_a_restored_strategy_makes_the_same_choices():
     s.begin_round(nxt)
     t.begin_round(nxt)
     assert [play(t, q) for q in (1, 7, 10)] == [play(s, q) for q in (1, 7, 10)]
+
+
+def test_clusters_camera_centred_features_when_the_round_knows_the_cameras():
+    """Each camera adds its own offset to every image it takes: on the raw features the nearest images are
+    other people under the same camera; centred per camera (as adaptation clusters), people come back."""
+    rng = np.random.default_rng(1)
+    people = rng.normal(size=(4, 8))
+    pids, cams = np.repeat(np.arange(4), 4), np.tile([0, 0, 1, 1], 4)
+    offset = np.zeros((2, 8))
+    offset[0, 0], offset[1, 1] = 25.0, 25.0
+    feats = (people[pids] + offset[cams] + rng.normal(size=(16, 8)) * 0.05).astype(np.float32)
+
+    def clusters(s, cameras):
+        s.begin_round(RoundContext(1, feats, EuclideanMetric(), pair_array(()), pair_array(()), cameras=cameras))
+        return s.labels
+
+    def spans_cameras(labels):  # every image shares its cluster with an image of the other camera
+        return all(labels[i] >= 0 and np.any((labels == labels[i]) & (cams != cams[i])) for i in range(16))
+
+    raw = clusters(small(k1=4, camera_centring=True), None)  # cameras unknown: the raw features
+    assert not spans_cameras(raw)
+    assert not spans_cameras(clusters(small(k1=4), cams))  # centring off
+    centred = clusters(small(k1=4, camera_centring=True), cams)
+    assert spans_cameras(centred)
+    assert all(len(set(centred[pids == p])) == 1 for p in range(4)) and len(set(centred)) == 4  # the 4 people
+    s = build_strategy("cluster", DralConfig(), adapt=AdaptConfig(camera_centring=False))
+    assert not s.camera_centring and build_strategy("cluster", DralConfig()).camera_centring

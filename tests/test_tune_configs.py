@@ -112,6 +112,23 @@ def test_a_table_from_another_cpu_kind_is_refused_before_its_source_model_is_ret
     check_can_retrain(results, runs)  # a cached model is checked by its sha256 instead (check_same_source)
 
 
+def test_the_default_table_is_the_one_whose_source_model_this_cpu_kind_rebuilds(tmp_path):
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT.parent / "benchmarks"))
+    from cuhk01_table import default_results, machine
+
+    tables = ("t_old", "t_mid", "t_new")
+    assert default_results(tmp_path, tables) == tmp_path / "t_old"  # nothing recorded: the oldest
+    for name, cpu in zip(tables, ("Xeon X, 2 cores, amx_bf16", machine(), "EPYC Y, 2 cores, avx2")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "source_cuhk03.json").write_text(json.dumps({"machine": cpu}))
+    assert default_results(tmp_path, tables) == tmp_path / "t_mid"
+    (tmp_path / "t_mid" / "source_cuhk03.json").write_text(json.dumps({"machine": "Other Z, 2 cores, avx2"}))
+    assert default_results(tmp_path, tables) == tmp_path / "t_old"  # no table of this CPU kind
+
+
 def test_episodes_in_flight_must_be_positive_or_left_to_the_loop():
     assert load_config(LoopJob, None, []).episodes_in_flight is None
     assert load_config(LoopJob, None, ["episodes_in_flight=4"]).episodes_in_flight == 4

@@ -347,6 +347,7 @@ class ActiveLearningLoop:
         job = self.job
         splits, pool, model = self.prepare()
         pids = np.array([r.pid for r in pool])
+        cameras = np.array([r.camid for r in pool])  # what a real system knows: which camera took each image
         n = len(pool)
         order = np.random.default_rng(job.seed).permutation(n)[: job.max_queries or n]
         budget = job.oracle.budget if job.oracle.budget is not None else len(order) * job.dral.kmax
@@ -390,7 +391,7 @@ class ActiveLearningLoop:
             q_all, c_all, y_all = answered_pairs(before)
             pos, neg = split_pairs(q_all, c_all, y_all)
             metric = fit_metric(job.dral.metric, features, pos, neg)
-            strategy.begin_round(RoundContext(r, features, metric, pos, neg))
+            strategy.begin_round(RoundContext(r, features, metric, pos, neg, cameras=cameras))
             asker = replaying = oracle
             if pending.num_rows:  # the round was interrupted: replay it
                 asker = replaying = ReplayingOracle(oracle, list(zip(*answered_pairs(pending))))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class RoundContext:
     metric: Metric  # the round's distance (Euclidean or KISSME on the answers so far)
     pos_pairs: np.ndarray  # (P, 2) pool-index pairs answered "same" so far
     neg_pairs: np.ndarray  # (Q, 2) pool-index pairs answered "different" so far
+    cameras: Optional[np.ndarray] = None  # (N,) each pool image's camera, for camera-aware strategies
 
 
 @dataclass

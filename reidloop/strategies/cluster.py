@@ -1,7 +1,8 @@
 """Cluster: ask the pair the round's clustering is least sure of (the zero-answer bar's question strategy).
 
 Per round the pool is clustered as unsupervised adaptation would cluster it (:mod:`reidloop.adapt`):
-the k-reciprocal Jaccard distance J of the round's features, DBSCAN (``eps``, ``min_samples``) with
+the k-reciprocal Jaccard distance J of the round's features (centred per camera with ``camera_centring``
+when the round knows the cameras, ``RoundContext.cameras``), DBSCAN (``eps``, ``min_samples``) with
 the answers so far as constraints ("same" must-link, "different" cannot-link; an answer contradicting
 earlier ones, as an erring annotator may give, is left out).
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from ..adapt.clustering import cluster, jaccard_distance
+from ..adapt.train import camera_centred, unit
 from ..pair_knowledge import PairKnowledge
 from .base import RoundContext, Strategy
 
@@ -32,9 +34,13 @@ from .base import RoundContext, Strategy
 class ClusterStrategy(Strategy):
     name = "cluster"
 
-    def __init__(self, seed: int = 0, eps: float = 0.6, min_samples: int = 4, k1: int = 20, k2: int = 6) -> None:
-        """``eps``, ``min_samples``: DBSCAN's (cluster-contrast: 0.6, 4); ``k1``, ``k2``: the Jaccard distance's."""
+    def __init__(self, seed: int = 0, eps: float = 0.6, min_samples: int = 4, k1: int = 20, k2: int = 6,
+                 camera_centring: bool = False) -> None:
+        """``eps``, ``min_samples``: DBSCAN's (cluster-contrast: 0.6, 4); ``k1``, ``k2``: the Jaccard distance's;
+        ``camera_centring``: cluster features centred per camera when the round knows the cameras, as
+        adaptation does (:func:`reidloop.adapt.train.camera_centred`)."""
         super().__init__(seed)
+        self.camera_centring = camera_centring
         if not 0 < eps <= 1:
             raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {eps!r}")
         self.eps, self.min_samples, self.k1, self.k2 = float(eps), min_samples, k1, k2
@@ -49,7 +55,10 @@ class ClusterStrategy(Strategy):
         for pairs, y in ((ctx.pos_pairs, 1), (ctx.neg_pairs, -1)):
             for a, b in np.asarray(pairs, dtype=np.int64).reshape(-1, 2).tolist():
                 self._learn(a, b, y)
-        self.jaccard = jaccard_distance(ctx.features, self.k1, self.k2)
+        feats = ctx.features
+        if self.camera_centring and ctx.cameras is not None:
+            feats = camera_centred(unit(np.asarray(feats, dtype=np.float32)), np.asarray(ctx.cameras))
+        self.jaccard = jaccard_distance(feats, self.k1, self.k2)
         ml = [(a, b) for a, b, y in self._answers if y > 0]
         cl = [(a, b) for a, b, y in self._answers if y < 0]
         self.labels = cluster(self.jaccard, self.eps, self.min_samples, np.array(ml, dtype=np.int64).reshape(-1, 2),
