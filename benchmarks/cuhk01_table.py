@@ -213,7 +213,7 @@ def check_can_retrain(results_dir: Path, runs: Path) -> None:
     recorded = results_dir / "source_cuhk03.json"
     if (runs / "cuhk03_source" / "model.pt").exists() or not recorded.exists():
         return
-    trained_on = json.loads(recorded.read_text()).get("machine")
+    trained_on = _trained_on(results_dir)
     if trained_on is not None and trained_on != machine():
         others = [f"{t} ({_trained_on(results_dir.parent / t)})" for t in TABLES
                   if t != results_dir.name and _trained_on(results_dir.parent / t)]
