@@ -377,6 +377,82 @@ def trace_table(results: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines), records
 
 
+# The kinds of pipeline a user can run (issue 26): which model the questions start from, and how they are chosen.
+KINDS = ("source model + strategy", "adapted model + strategy", "cluster-aware")
+
+
+def pipeline_kind(row: str) -> str | None:
+    """The kind of pipeline a row is; None for the UpperBounds, which no user can run (they read the truth)."""
+    if row.startswith("upperbound"):
+        return None
+    if row.startswith("cluster"):
+        return "cluster-aware"
+    if row == "unsupervised" or row.endswith("_adapted"):
+        return "adapted model + strategy"
+    return "source model + strategy"
+
+
+def _paired_wins(mine: dict[int, float], others) -> int:
+    """How many of ``others`` (seed -> value) ``mine`` beats on the mean over the seeds both have."""
+    wins = 0
+    for theirs in others:
+        common = sorted(set(mine) & set(theirs))
+        if theirs is not mine and common and (np.mean([mine[s] for s in common]) >
+                                              np.mean([theirs[s] for s in common])):
+            wins += 1
+    return wins
+
+
+def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
+    """The best pipeline of each kind at 0, 1n, 2n and 5n answers: mean ± sd of its mAP there over seeds.
+
+    A row's value at b answers is its curve's (``value_at``; a row that stopped earlier has none). At 0
+    answers that is the model the questions start from: Baseline for the source model, Unsupervised for the
+    adapted one (the rows that ask nothing only count there). Rows (a row at one Kmax) are compared in
+    pairs on the seeds both ran (a split is easier or harder for every row alike), and the one that beats
+    the most others that way is the best (then: more seeds, a higher mean); the cell names its seeds.
+    """
+    budgets = (0, n, 2 * n, 5 * n)
+    kmaxes = {r["kmax"] for r in results}
+    values: dict[tuple[str, int], dict[int, dict[int, float]]] = {}  # (row, kmax) -> budget -> seed -> mAP
+    for res in results:
+        if pipeline_kind(res["row"]) is None:
+            continue
+        per = values.setdefault((res["row"], res["kmax"]), {b: {} for b in budgets})
+        if res["row"] in REFERENCES:  # it asks nothing: its model is where the others start
+            per[0][res["seed"]] = res["final"]["mAP"]
+            continue
+        x = [p["answers"] for p in res["rounds"]]
+        y = [p["mAP"] for p in res["rounds"]]
+        for b in budgets[1:] if pipeline_kind(res["row"]) in KINDS[:2] else budgets:  # 0: Baseline, Unsupervised
+            v = value_at(x, y, b)
+            if v is not None:
+                per[b][res["seed"]] = v
+    names = ("0", *(f"{m}n ({m * n:,})" for m in (1, 2, 5)))
+    lines = ["| pipeline | " + " | ".join(f"best at {name} answers" for name in names) + " |",
+             "|---|" + "---|" * len(budgets)]
+    records = []
+    for kind in KINDS:
+        cells = []
+        for b, name in zip(budgets, names):
+            cands = {key: per[b] for key, per in values.items() if pipeline_kind(key[0]) == kind and per[b]}
+            rec = {"kind": kind, "budget": b, "row": None, "kmax": None, "seeds": [], "mAP": []}
+            if cands:
+                (row, kmax), best = max(cands.items(), key=lambda kv: (
+                    _paired_wins(kv[1], cands.values()), len(kv[1]), np.mean(list(kv[1].values())),
+                    -list(ROWS).index(kv[0][0])))
+                seeds = sorted(best)
+                rec.update(row=row, kmax=kmax, seeds=seeds, mAP=[best[s] for s in seeds])
+                label = ROWS[row].label + (f", Kmax {kmax}" if len(kmaxes) > 1 and row not in REFERENCES else "")
+                cells.append(f"{label}: {_fmt(rec['mAP'])} (seed{'s' * (len(seeds) > 1)} "
+                             f"{','.join(map(str, seeds))})")
+            else:
+                cells.append("-")
+            records.append(rec)
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), records
+
+
 def plot_curves(results: list[dict], path: Path, kmax: int) -> None:
     """mAP against answers used, one line per row (mean over seeds at shared answer counts), seeds' range shaded."""
     import matplotlib
@@ -461,19 +537,22 @@ def main() -> None:
                     print(f"{path.name}: {res['answers']} answers, mAP {100 * res['final']['mAP']:.2f}, "
                           f"rank-1 {100 * res['final']['rank1']:.2f}, {res['wall_seconds'] / 60:.1f} min", flush=True)
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*_k*_s*.json"))]
-    for res in results:  # results written before the field existed: from the run folder, when present
-        state = Path(args.runs) / results_dir.name / res["key"] / "state.json"
-        if res.get("queries_browsed") is None and state.exists():
+    for res in results:  # results written before the field existed: from the run folder, when present,
+        state = Path(args.runs) / results_dir.name / res["key"] / "state.json"  # then kept in the results file
+        if res.get("queries_browsed") is None and res["row"] not in ("baseline", "unsupervised") and state.exists():
             res["queries_browsed"] = json.loads(state.read_text()).get("next_query")
+            (results_dir / f"{res['key']}.json").write_text(json.dumps(res, indent=1))
     if not results:
         print(f"no results in {results_dir}")
         return
     n = results[0]["pool_images"]  # learning images of a CUHK01 split: 485 identities x 4 = 1,940
     table, records = build_table(results, n)
     traces, trace_records = trace_table(results)
-    print(table, traces, sep="\n\n")
-    (results_dir / "table.md").write_text(table + "\n\n" + traces + "\n")
-    (results_dir / "table.json").write_text(json.dumps({"rows": records, "traces": trace_records}, indent=1))
+    pipelines, pipeline_records = pipeline_table(results, n)
+    print(table, traces, pipelines, sep="\n\n")
+    (results_dir / "table.md").write_text(table + "\n\n" + traces + "\n\n" + pipelines + "\n")
+    (results_dir / "table.json").write_text(json.dumps({"rows": records, "traces": trace_records,
+                                                        "pipelines": pipeline_records}, indent=1))
     for kmax in sorted({r["kmax"] for r in results}):
         plot_curves(results, results_dir / f"curves_k{kmax}.png", kmax)
     print(f"wrote {results_dir}/table.md, table.json, curves_k*.png")

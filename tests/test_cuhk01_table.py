@@ -1,0 +1,56 @@
+"""The CUHK01 table's summary of pipelines (benchmarks/cuhk01_table.py), on hand-made results."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from cuhk01_table import pipeline_kind, pipeline_table  # noqa: E402
+
+
+def res(row, seed, curve=None, final=None, kmax=5):
+    rounds = [{"answers": a, "mAP": m} for a, m in (curve or [(0, final)])]
+    return {"row": row, "kmax": kmax, "seed": seed, "rounds": rounds, "final": {"mAP": rounds[-1]["mAP"]}}
+
+
+def test_pipeline_kinds():
+    assert pipeline_kind("baseline") == pipeline_kind("dral_paper") == "source model + strategy"
+    assert pipeline_kind("unsupervised") == pipeline_kind("nearest_adapted") == "adapted model + strategy"
+    assert pipeline_kind("cluster") == pipeline_kind("cluster_adapted") == "cluster-aware"
+    assert pipeline_kind("upperbound") is None and pipeline_kind("upperbound_paper") is None
+
+
+def test_the_best_pipeline_of_each_kind_at_each_budget_is_the_best_on_the_seeds_rows_share():
+    n = 10
+    results = [
+        res("baseline", 0, final=0.30), res("baseline", 1, final=0.32),
+        res("nearest", 0, [(0, 0.30), (10, 0.40), (20, 0.50)]), res("nearest", 1, [(0, 0.32), (10, 0.42), (20, 0.52)]),
+        # better on average, thanks to a third split where the others did not run: Nearest-first beats it on 0 and 1
+        res("random", 0, [(0, 0.30), (10, 0.35), (20, 0.45)]), res("random", 1, [(0, 0.32), (10, 0.37), (20, 0.47)]),
+        res("random", 2, [(0, 0.31), (10, 0.60), (20, 0.70)]),
+        res("qbc", 0, [(0, 0.30), (10, 0.39), (20, 0.55)]),  # below Nearest-first at 1n on split 0, above at 2n
+        res("dral_paper", 0, [(0, 0.30), (50, 0.60)]), res("dral_paper", 1, [(0, 0.32), (50, 0.60)]),  # 36, 38.4 at 1n
+        res("unsupervised", 0, final=0.45), res("unsupervised", 1, final=0.47),
+        res("nearest_adapted", 0, [(0, 0.45), (20, 0.65)]),  # 55 at 1n, interpolated
+        res("upperbound", 0, final=0.80), res("upperbound", 1, final=0.80),  # no user can run it
+    ]
+    text, records = pipeline_table(results, n)
+    cell = {(r["kind"], r["budget"]): r for r in records}
+    src, ada = "source model + strategy", "adapted model + strategy"
+    assert (cell[src, 0]["row"], cell[src, 0]["seeds"]) == ("baseline", [0, 1])
+    assert (cell[src, 10]["row"], cell[src, 10]["mAP"]) == ("nearest", [0.40, 0.42])
+    assert (cell[src, 20]["row"], cell[src, 20]["seeds"]) == ("qbc", [0])  # beats both on the split they share
+    assert (cell[src, 50]["row"], cell[src, 50]["mAP"]) == ("dral_paper", [0.60, 0.60])  # the only one that spends 5n
+    assert (cell[ada, 0]["row"], cell[ada, 0]["seeds"]) == ("unsupervised", [0, 1])
+    assert cell[ada, 10]["row"] == "nearest_adapted" and abs(cell[ada, 10]["mAP"][0] - 0.55) < 1e-12
+    assert cell[ada, 50]["row"] is None
+    assert all(cell["cluster-aware", b]["row"] is None for b in (0, 10, 20, 50))
+    lines = text.splitlines()
+    assert lines[0] == ("| pipeline | best at 0 answers | best at 1n (10) answers | best at 2n (20) answers "
+                        "| best at 5n (50) answers |")
+    assert lines[2] == ("| source model + strategy | Baseline: 31.00 ± 1.41 (seeds 0,1) | Nearest-first: 41.00 ± 1.41 "
+                        "(seeds 0,1) | QBC: 55.00 (seed 0) | DRAL as published: 60.00 ± 0.00 "
+                        "(seeds 0,1) |")
+    assert lines[3] == ("| adapted model + strategy | Unsupervised (0 answers): 46.00 ± 1.41 (seeds 0,1) "
+                        "| Nearest-first, from the adapted model: 55.00 (seed 0) "
+                        "| Nearest-first, from the adapted model: 65.00 (seed 0) | - |")
+    assert lines[4] == "| cluster-aware | - | - | - | - |"
