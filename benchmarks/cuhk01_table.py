@@ -166,6 +166,8 @@ def source_model(cuhk03: str | None, runs: Path) -> Path:
     from reidloop.engine.jobs import run_pretrain
 
     print(f"training the CUHK03 source model into {path.parent} ...", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "commit.txt").write_text(commit() + "\n")  # the code that trains it, not what runs when it ends
     job = load_config(PretrainJob, str(ROOT / SOURCE), [f"data.root={cuhk03}", f"output_dir={path.parent}"])
     run_pretrain(job, progress=False)
     return path
@@ -183,7 +185,8 @@ def record_source(source: Path, results_dir: Path) -> None:
         "curve": [{"epoch": h["epoch"] + 1, "train_accuracy": h["accuracy"], "loss": h["loss"],
                    "images_per_s": h["images_per_s"], **({"val_" + k: v for k, v in h["held_out"].items()}
                                                           if "held_out" in h else {})} for h in history],
-        "sha256": source_identity(source)["sha256"], "machine": machine(), "commit": commit(),
+        "sha256": source_identity(source)["sha256"], "machine": machine(),
+        "commit": (folder / "commit.txt").read_text().strip() if (folder / "commit.txt").exists() else commit(),
         "date": datetime.fromtimestamp((folder / "metrics.json").stat().st_mtime, timezone.utc).strftime("%Y-%m-%d"),
     }, indent=1))
 

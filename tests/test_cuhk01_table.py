@@ -54,3 +54,21 @@ def test_the_best_pipeline_of_each_kind_at_each_budget_is_the_best_on_the_seeds_
                         "| Nearest-first, from the adapted model: 55.00 (seed 0) "
                         "| Nearest-first, from the adapted model: 65.00 (seed 0) | - |")
     assert lines[4] == "| cluster-aware | - | - | - | - |"
+
+
+def test_the_source_record_names_the_commit_that_trained_the_model_not_the_one_that_recorded_it(tmp_path):
+    import json
+
+    from cuhk01_table import record_source
+
+    folder, results = tmp_path / "cuhk03_source", tmp_path / "results"
+    folder.mkdir()
+    results.mkdir()
+    (folder / "model.pt").write_bytes(b"weights")
+    (folder / "metrics.json").write_text(json.dumps({"mAP": 0.39}))
+    (folder / "history.json").write_text(json.dumps([{"epoch": 0, "accuracy": 0.5, "loss": 2.0, "images_per_s": 90}]))
+    (folder / "commit.txt").write_text("abc123\n")  # written when training started
+    record_source(folder / "model.pt", results)
+    record = json.loads((results / "source_cuhk03.json").read_text())
+    assert record["commit"] == "abc123" and record["metrics_on_cuhk03_val"] == {"mAP": 0.39}
+    assert record["curve"] == [{"epoch": 1, "train_accuracy": 0.5, "loss": 2.0, "images_per_s": 90}]
