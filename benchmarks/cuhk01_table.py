@@ -73,6 +73,8 @@ ROWS: dict[str, Row] = {
     "l2r": Row("L2R", OURS, ("strategy=l2r",)),
     "dral": Row("DRAL + our additions", OURS, ("strategy=dral",),
                 "answer inference, settled pairs, CE over answer chains, rounds by answers"),
+    "dral_batched": Row("DRAL + our additions, batched learning", OURS, ("strategy=dral", "dral.learn_every=16"),
+                        "one Q-learning step on 64x16 replayed transitions every 16 answers, not one on 64 per answer"),
     "dral_gamma0": Row("DRAL, gamma = 0", OURS, ("strategy=dral", "dral.gamma=0.0"),
                        "greedy on the learnt expected Eq. 9 reward"),
     "dral_warm": Row("DRAL, warm-started on CUHK03", OURS,
