@@ -1,7 +1,7 @@
 """The CUHK03 -> CUHK01 table: does asking well save annotations on real people?
 
     .venv/bin/python benchmarks/cuhk01_table.py --cuhk01 ../shared/data/cuhk01 --cuhk03 ../shared/data/cuhk03 \
-        [--rows baseline upperbound random nearest dral] [--seeds 0 1 2] [--kmax 5] [--table-only]
+        [--rows first | zero-answer | all | ROW ...] [--seeds 0 1 2] [--kmax 5] [--table-only]
 
 The shape of the DRAL paper's CUHK01 experiment (Tables 4-5, Fig. 4) on a CPU: an ImageNet MobileNetV2
 trained on CUHK03 (``tune_configs/pretrain_cuhk03.yaml``; trained once, cached in ``runs/cuhk03_source``)
@@ -128,6 +128,25 @@ ROWS.update({
     "cluster_adapted": Row("Cluster-aware, from the adapted model", OURS, ("strategy=cluster", *ADAPT)),
 })
 FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
+# Names for sets of rows on the command line (``--rows first zero-answer``), in table order.
+ROW_SETS: dict[str, tuple[str, ...]] = {
+    "first": FIRST_ROWS,
+    "zero-answer": ("baseline", "upperbound", "unsupervised", "random_adapted", "nearest_adapted", "dral_adapted",
+                    "cluster", "cluster_adapted"),
+    "all": tuple(ROWS),
+}
+
+
+def expand_rows(names: list[str]) -> list[str]:
+    """Row names and set names (``ROW_SETS``) to row names, each once, in the order given."""
+    rows: list[str] = []
+    for name in names:
+        for row in ROW_SETS.get(name, (name,)):
+            if row not in ROWS:
+                raise SystemExit(f"error: unknown row {row!r}; rows: {', '.join(ROWS)}; sets: {', '.join(ROW_SETS)}")
+            if row not in rows:
+                rows.append(row)
+    return rows
 REFERENCES = ("baseline", "upperbound", "upperbound_paper", "unsupervised")  # they ask nothing: no curve against answers
 
 
@@ -501,7 +520,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cuhk01", help="the CUHK01 folder (holding campus/)")
     p.add_argument("--cuhk03", help="the CUHK03 folder (holding labeled/), to train the source model if missing")
-    p.add_argument("--rows", nargs="+", default=list(FIRST_ROWS), choices=list(ROWS))
+    p.add_argument("--rows", nargs="+", default=["first"], choices=[*ROWS, *ROW_SETS],
+                   help="rows, or sets of rows: " + "; ".join(f"{k}: {' '.join(v) if k != 'all' else 'every row'}"
+                                                         for k, v in ROW_SETS.items()) + " (default: first)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--kmax", nargs="+", type=int, default=[5])
     p.add_argument("--runs", default=str(ROOT / "runs"))
@@ -513,6 +534,7 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true", help="run nothing: print the table of the results present")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args()
+    args.rows = expand_rows(args.rows)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("reidloop.engine.precision", "reidloop.models.reid_net"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -72,3 +72,16 @@ def test_the_source_record_names_the_commit_that_trained_the_model_not_the_one_t
     record = json.loads((results / "source_cuhk03.json").read_text())
     assert record["commit"] == "abc123" and record["metrics_on_cuhk03_val"] == {"mAP": 0.39}
     assert record["curve"] == [{"epoch": 1, "train_accuracy": 0.5, "loss": 2.0, "images_per_s": 90}]
+
+
+def test_row_sets_expand_in_order_each_row_once_and_an_unknown_row_is_named():
+    import pytest
+
+    from cuhk01_table import ROWS, expand_rows
+
+    assert expand_rows(["first"]) == ["baseline", "upperbound", "random", "nearest", "dral"]
+    assert expand_rows(["first", "zero-answer"])[5:] == ["unsupervised", "random_adapted", "nearest_adapted",
+                                                         "dral_adapted", "cluster", "cluster_adapted"]
+    assert expand_rows(["qbc", "all"]) == ["qbc", *[r for r in ROWS if r != "qbc"]]
+    with pytest.raises(SystemExit, match="unknown row 'nope'"):
+        expand_rows(["nope"])
