@@ -128,6 +128,8 @@ ROWS.update({
     "cluster_adapted": Row("Cluster-aware, from the adapted model", OURS, ("strategy=cluster", *ADAPT)),
 })
 FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
+REFERENCES = ("baseline", "upperbound", "upperbound_paper", "unsupervised")  # they ask nothing: no curve against answers
+NO_QUERIES = ("baseline", "unsupervised")  # they browse no query either (the UpperBounds browse them all)
 # Names for sets of rows on the command line (``--rows first zero-answer``), in table order.
 ROW_SETS: dict[str, tuple[str, ...]] = {
     "first": FIRST_ROWS,
@@ -147,7 +149,6 @@ def expand_rows(names: list[str]) -> list[str]:
             if row not in rows:
                 rows.append(row)
     return rows
-REFERENCES = ("baseline", "upperbound", "upperbound_paper", "unsupervised")  # they ask nothing: no curve against answers
 
 
 def row_key(row: str, kmax: int, seed: int) -> str:
@@ -352,7 +353,7 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
                                      random_2n.get((k, r["seed"]))) for r in rs]
         rec = {"row": row, "label": rs[0]["label"], "kmax": k, "seeds": [r["seed"] for r in rs],
                "answers": [r["answers"] for r in rs],
-               "queries": [None if row in ("baseline", "unsupervised") else r.get("queries_browsed") for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
+               "queries": [None if row in NO_QUERIES else r.get("queries_browsed") for r in rs], **{m: [r["final"][m] for r in rs] for m in METRICS},
                **{c: [col[c] for col in cols] for c in cols[0]}, "wall_seconds": [r["wall_seconds"] for r in rs]}
         records.append(rec)
         lines.append(
@@ -448,7 +449,8 @@ def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
             continue
         x = [p["answers"] for p in res["rounds"]]
         y = [p["mAP"] for p in res["rounds"]]
-        for b in budgets[1:] if pipeline_kind(res["row"]) in KINDS[:2] else budgets:  # 0: Baseline, Unsupervised
+        # at 0 answers the source and adapted kinds have their own rows (Baseline, Unsupervised)
+        for b in budgets if pipeline_kind(res["row"]) == "cluster-aware" else budgets[1:]:
             v = value_at(x, y, b)
             if v is not None:
                 per[b][res["seed"]] = v
@@ -459,7 +461,7 @@ def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     for kind in KINDS:
         cells = []
         for b, name in zip(budgets, names):
-            cands = {key: per[b] for key, per in values.items() if pipeline_kind(key[0]) == kind and per[b]}
+            cands = {key: at[b] for key, at in values.items() if pipeline_kind(key[0]) == kind and at[b]}
             rec = {"kind": kind, "budget": b, "row": None, "kmax": None, "seeds": [], "mAP": []}
             if cands:
                 (row, kmax), best = max(cands.items(), key=lambda kv: (
@@ -566,7 +568,7 @@ def main() -> None:
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*_k*_s*.json"))]
     for res in results:  # results written before the field existed: from the run folder, when present,
         state = Path(args.runs) / results_dir.name / res["key"] / "state.json"  # then kept in the results file
-        if res.get("queries_browsed") is None and res["row"] not in ("baseline", "unsupervised") and state.exists():
+        if res.get("queries_browsed") is None and res["row"] not in NO_QUERIES and state.exists():
             res["queries_browsed"] = json.loads(state.read_text()).get("next_query")
             (results_dir / f"{res['key']}.json").write_text(json.dumps(res, indent=1))
     if not results:
