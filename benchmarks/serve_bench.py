@@ -157,8 +157,8 @@ def http_levels(checkpoint: str, local: InProcess, args, batching: bool, port: i
     from services.serve_app import deploy
 
     dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=max(64, args.max_batch_size))
-    cfg = ServeConfig(checkpoint=checkpoint, port=port, app_name="bench", height=args.height, width=args.width,
-                      watch_interval_s=0.0, torch_threads=args.threads, batching=batching,
+    cfg = ServeConfig(checkpoint=checkpoint, port=port, front=args.front, app_name="bench", height=args.height,
+                      width=args.width, watch_interval_s=0.0, torch_threads=args.threads, batching=batching,
                       max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_s,
                       ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), gallery=dep)
     url = deploy(cfg)
@@ -167,7 +167,8 @@ def http_levels(checkpoint: str, local: InProcess, args, batching: bool, port: i
         for c in args.concurrency:
             base = local.run(args.baseline_requests)
             res, failures = asyncio.run(drive(url, local.images, c, args.requests))
-            rows.append({"mode": "http /embed", "batching": "on" if batching else "off", "concurrency": c,
+            rows.append({"mode": f"http /embed ({args.front})", "batching": "on" if batching else "off",
+                         "concurrency": c,
                          "requests": args.requests, **res, "failures": failures,
                          "base_p50_ms": base["p50_ms"], "base_rps": base["rps"],
                          "overhead_p50": res["p50_ms"] / base["p50_ms"], "vs_inprocess_rps": res["rps"] / base["rps"],
@@ -208,7 +209,7 @@ def floor_levels(local: InProcess, args, port: int) -> list[dict]:
         for c in args.concurrency:
             base = local.run(args.baseline_requests)
             res, failures = asyncio.run(drive(url, local.images, c, args.requests))
-            rows.append({"mode": "Ray Serve alone (no model)", "batching": "-", "concurrency": c,
+            rows.append({"mode": f"Ray Serve alone (no model, {args.front})", "batching": "-", "concurrency": c,
                          "requests": args.requests, **res, "failures": failures, "base_p50_ms": base["p50_ms"],
                          "base_rps": base["rps"], "overhead_p50": None, "vs_inprocess_rps": res["rps"] / base["rps"]})
             print(f"  Ray Serve alone c={c}: p50 {res['p50_ms']:.1f} ms, {res['rps']:.1f} req/s", flush=True)
@@ -248,8 +249,8 @@ def search_levels(checkpoint: str, local: InProcess, args, port: int, tmp: str) 
             index.search(query, args.k)
         rank_ms = (time.perf_counter() - t0) / 20 * 1000
         dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=max(64, args.max_batch_size))
-        cfg = ServeConfig(checkpoint=checkpoint, port=port, app_name="bench", height=args.height, width=args.width,
-                          watch_interval_s=0.0, torch_threads=args.threads, max_batch_size=args.max_batch_size,
+        cfg = ServeConfig(checkpoint=checkpoint, port=port, front=args.front, app_name="bench",
+                          height=args.height, width=args.width, watch_interval_s=0.0, torch_threads=args.threads, max_batch_size=args.max_batch_size,
                           batch_wait_timeout_s=args.batch_wait_s, gallery_dir=folder, max_gallery_size=max(size, 1),
                           ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), gallery=dep)
         t0 = time.perf_counter()
@@ -313,9 +314,15 @@ def main(argv=None) -> None:
     p.add_argument("--search-sizes", type=int, nargs="+", default=None,
                    help="measure /search at these gallery sizes instead of /embed (e.g. 1000 10000 100000)")
     p.add_argument("--k", type=int, default=10, help="matches per /search")
+    p.add_argument("--front", choices=["ray", "haproxy"], default="ray",
+                   help="the HTTP front (ServeConfig.front): Ray's proxy actor, or HAProxy to the replicas' own "
+                        "HTTP servers (Ray's high-throughput mode); haproxy writes *_haproxy.{json,csv}")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from services.serve_front import prepare_local_front
+
+    prepare_local_front(args.front)  # before Ray is imported and started: its processes read them
 
     import ray
     from ray import serve
@@ -359,11 +366,11 @@ def main(argv=None) -> None:
             "baseline_requests": args.baseline_requests, "max_batch_size": args.max_batch_size,
             "batch_wait_timeout_s": args.batch_wait_s, "torch_threads": args.threads, "precision": precision,
             "cpu_count": os.cpu_count(), "machine": platform.machine(), **_machine(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "front": args.front,
             "note": "* latency per batch of max_batch_size images"}
     keys = ["mode", "batching", "concurrency", "requests", "p50_ms", "p99_ms", "rps", "base_p50_ms", "base_rps",
             "overhead_p50", "over_ms", "vs_inprocess_rps", "failures", "load_avg_1m"]
-    write_results(Path(args.out), "serve_bench", meta, rows, keys, table(rows))
+    write_results(Path(args.out), _named("serve_bench", args.front), meta, rows, keys, table(rows))
 
 
 def write_search(args, precision: str, rows: list[dict]) -> None:
@@ -371,13 +378,18 @@ def write_search(args, precision: str, rows: list[dict]) -> None:
             "baseline_requests": args.baseline_requests, "k": args.k, "max_batch_size": args.max_batch_size,
             "torch_threads": args.threads, "precision": precision, "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "cpu": _cpu_name(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None, "front": args.front,
             "note": "in-process: the same query bytes decoded, embedded and ranked, sequentially; ranking alone: "
                     "GalleryIndex.search of one embedded query; gallery: random unit vectors (speed does not "
                     "depend on them)"}
     keys = ["gallery", "concurrency", "requests", "p50_ms", "p99_ms", "rps", "base_p50_ms", "base_p99_ms",
             "base_rps", "rank_only_ms", "overhead_p50", "vs_inprocess_rps", "start_s", "failures", "load_avg_1m"]
-    write_results(Path(args.out), "serve_search_bench", meta, rows, keys, search_table(rows))
+    write_results(Path(args.out), _named("serve_search_bench", args.front), meta, rows, keys, search_table(rows))
+
+
+def _named(name: str, front: str) -> str:
+    """Results of Ray's own front keep their name; another front's get its name as a suffix."""
+    return name if front == "ray" else f"{name}_{front}"
 
 
 def write_results(out: Path, name: str, meta: dict, rows: list[dict], keys: list[str], table_text: str) -> None:

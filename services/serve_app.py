@@ -23,6 +23,7 @@ Both deployments reload when the followed checkpoint changes (a watcher thread p
 """
 import asyncio
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,8 @@ from reidloop.serving import (ADMIN, MAX_JSON_DEPTH, Access, InputTransform, Rei
                               check_request_pixels, make_entry, parse_id_list, parse_k, parse_meta, parse_upload,
                               redact_matches, redact_paths, require_admin)
 from reidloop.serving.batcher import ContinuousBatcher
+
+from .serve_front import check_cluster_front
 
 log = logging.getLogger("reidloop.serve")
 USER_CONFIG_KEYS = ("checkpoint", "watch_interval_s")
@@ -495,7 +498,9 @@ def build_app(args: dict):
     key overrides a field (``checkpoint=runs/x``, ``ingress.num_replicas=2``)."""
     args = dict(args)
     path = args.pop("config", None)
-    return build(load_config(ServeConfig, path and _local_path(path), [f"{k}={v}" for k, v in args.items()]))
+    cfg = load_config(ServeConfig, path and _local_path(path), [f"{k}={v}" for k, v in args.items()])
+    check_cluster_front(cfg.front, "the Ray cluster running this app", env=dict(os.environ))
+    return build(cfg)
 
 
 def deploy(cfg: ServeConfig, blocking: bool = False) -> str:

@@ -75,18 +75,27 @@ def curl_command(cfg: ServeConfig, image: Optional[str], token: bool = False) ->
 
 
 def serve_forever(cfg: ServeConfig) -> None:
-    from ray import serve
-
     from reidloop.serving import Access, gallery_folder
-    from services.ray_start import start_or_join
-    from services.serve_app import deploy
 
     access = Access.from_config(cfg)  # before Ray starts: exposed without a token is refused in one line
-    if not os.environ.get("RAY_ADDRESS"):  # a cluster's Serve may hold the port already: that is its own
+    cluster = os.environ.get("RAY_ADDRESS")
+    if not cluster:  # a cluster's Serve may hold the port already: that is its own
         check_port_free(cfg.host, cfg.port)
+        from services.serve_front import prepare_local_front
+
+        prepare_local_front(cfg.front)  # Ray reads them when `ray.serve` is imported and its processes start
+
+    from ray import serve
+
+    from services.ray_start import start_or_join
+    from services.serve_app import deploy
+    from services.serve_front import check_cluster_front
+
     start_or_join(include_dashboard=None)  # $RAY_ADDRESS's cluster, else a new local Ray (with its dashboard)
+    if cluster:
+        check_cluster_front(cfg.front, f"the cluster at {cluster}")
     url = deploy(cfg)
-    print(f"serving {cfg.checkpoint} at {url}  (docs: {url}/docs; Ctrl-C stops)", flush=True)
+    print(f"serving {cfg.checkpoint} at {url}  (front: {cfg.front}; docs: {url}/docs; Ctrl-C stops)", flush=True)
     image = example_image(cfg.checkpoint)
     folder = gallery_folder(cfg)
     print(f"gallery: {folder or 'in memory only (persist_gallery: false)'}"

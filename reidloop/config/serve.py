@@ -65,6 +65,10 @@ class ServeConfig:
     watch_interval_s: float = 2.0  # seconds between checks of the checkpoint (0: only reload on reconfigure)
     host: str = "127.0.0.1"  # the HTTP proxy binds here; 0.0.0.0 exposes it beyond this machine
     port: int = 8000
+    # The HTTP front on host:port (services/serve_front.py): ray, Serve's proxy actor (one Ray call per
+    # request); haproxy, Ray's high-throughput mode (HAProxy forwards to the ingress replicas' own HTTP
+    # servers, one Ray hop fewer; they bind host too: several nodes need host 0.0.0.0 and so a token).
+    front: Literal["ray", "haproxy"] = "ray"
     app_name: str = "reidloop"
     route_prefix: str = "/"
     # Model input: the size the network was trained at (data.height / data.width of the run).
