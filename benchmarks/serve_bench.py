@@ -322,7 +322,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     from services.serve_front import prepare_local_front
 
-    prepare_local_front(args.front)  # before Ray is imported and started: its processes read them
+    port = free_port()  # Serve's HTTP options are fixed once it runs: every app of this run shares the port
+    prepare_local_front(args.front, port)  # before Ray is imported and started: its processes read them
 
     import ray
     from ray import serve
@@ -349,7 +350,6 @@ def main(argv=None) -> None:
         ray.init(include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]}})
         try:
-            port = free_port()  # Serve's HTTP options are fixed once it runs: both deployments share the port
             if args.search_sizes:
                 search_rows = search_levels(checkpoint, local, args, port, tmp)
             else:

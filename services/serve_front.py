@@ -18,6 +18,7 @@ environment, the RayService pods' env), which :func:`check_cluster_front` verifi
 from __future__ import annotations
 
 import os
+import tempfile
 
 from reidloop.config.loader import ConfigError
 
@@ -32,19 +33,36 @@ class FrontUnavailable(ConfigError):
     """``front: haproxy`` asked of a cluster whose Ray was not started with :data:`HAPROXY_ENV`."""
 
 
-def front_env(front: str, local: bool) -> dict[str, str]:
-    """The environment variables ``front`` needs in Ray's processes; ``local``: for a Ray started here."""
+def front_env(front: str, local: bool, port: int | None = None) -> dict[str, str]:
+    """The environment variables ``front`` needs in Ray's processes; ``local``: for a Ray started here, whose
+    HAProxy files go in a folder of its own (``haproxy_folder(port)``), not Ray's one ``/tmp/haproxy-serve``
+    that a second server on this machine would overwrite."""
     if front == "ray":
         return {}
-    if front == "haproxy":
-        return {**HAPROXY_ENV, **(LOCAL_DRAIN_ENV if local else {})}
-    raise ValueError(f"front: {front!r} is not one of ray, haproxy")
+    if front != "haproxy":
+        raise ValueError(f"front: {front!r} is not one of ray, haproxy")
+    if not local:
+        return dict(HAPROXY_ENV)
+    files = {}
+    if port is not None:
+        base = haproxy_folder(port)
+        files = {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{base}/haproxy.cfg",
+                 "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{base}/admin.sock",
+                 "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{base}/metrics.sock",
+                 "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": base,
+                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{base}/server-state"}
+    return {**HAPROXY_ENV, **LOCAL_DRAIN_ENV, **files}
 
 
-def prepare_local_front(front: str) -> dict[str, str]:
+def haproxy_folder(port: int) -> str:
+    """Where the HAProxy of a local Serve on ``port`` keeps its config, sockets and state."""
+    return os.path.join(tempfile.gettempdir(), f"reidloop-haproxy-{port}")
+
+
+def prepare_local_front(front: str, port: int | None = None) -> dict[str, str]:
     """Put ``front``'s variables in this process's environment (a value already set wins), for the local Ray
     it is about to start; call before ``ray.serve`` is imported (Ray reads them at import). Returns what it set."""
-    added = {k: v for k, v in front_env(front, local=True).items() if k not in os.environ}
+    added = {k: v for k, v in front_env(front, local=True, port=port).items() if k not in os.environ}
     os.environ.update(added)
     return added
 

@@ -29,21 +29,26 @@ def test_front_is_validated_on_load_naming_the_field(tmp_path):
 
 
 def test_front_env_sets_only_what_is_missing(monkeypatch):
-    from services.serve_front import HAPROXY_ENV, LOCAL_DRAIN_ENV, front_env, prepare_local_front
+    from services.serve_front import HAPROXY_ENV, LOCAL_DRAIN_ENV, front_env, haproxy_folder, prepare_local_front
 
-    assert front_env("ray", local=True) == {}
+    assert front_env("ray", local=True, port=8000) == {}
     assert front_env("haproxy", local=False) == HAPROXY_ENV
     assert front_env("haproxy", local=True) == {**HAPROXY_ENV, **LOCAL_DRAIN_ENV}
     with pytest.raises(ValueError, match="front: 'h2o'"):
         front_env("h2o", local=True)
-    for k in (*HAPROXY_ENV, *LOCAL_DRAIN_ENV):  # absent, and put back as they were after the test
+    # two local servers keep their HAProxy files apart (Ray's default is one /tmp/haproxy-serve for all)
+    a, b = front_env("haproxy", local=True, port=8000), front_env("haproxy", local=True, port=8001)
+    files = [k for k in a if k.startswith("RAY_SERVE_HAPROXY_")]
+    assert len(files) == 5 and all(a[k].startswith(haproxy_folder(8000)) for k in files)
+    assert all(a[k] != b[k] for k in files) and haproxy_folder(8000) != haproxy_folder(8001)
+    for k in a:  # absent, and put back as they were after the test
         monkeypatch.setenv(k, "")
         monkeypatch.delenv(k)
     drain = next(iter(LOCAL_DRAIN_ENV))
     monkeypatch.setenv(drain, "20")  # the user's value wins
-    assert prepare_local_front("haproxy") == HAPROXY_ENV
+    assert prepare_local_front("haproxy", 8000) == {k: v for k, v in a.items() if k != drain}
     assert os.environ[drain] == "20" and all(os.environ[k] == v for k, v in HAPROXY_ENV.items())
-    assert prepare_local_front("ray") == {}
+    assert prepare_local_front("ray", 8000) == {}
 
 
 def test_a_cluster_without_the_haproxy_variables_is_refused_naming_them(ray_session):
@@ -102,6 +107,8 @@ def test_trainers_serve_with_front_haproxy_serves_through_haproxy_with_its_token
     """The one command, in its own process with its own Ray: HAProxy holds the port and answers /embed."""
     import numpy as np
 
+    from services.serve_front import haproxy_folder
+
     checkpoint = tmp_path / "model.pt"
     write_checkpoint(checkpoint, seed=0)
     port, token = _free_port(), "front-test-token-0123456789abcdef"
@@ -128,6 +135,7 @@ def test_trainers_serve_with_front_haproxy_serves_through_haproxy_with_its_token
         assert ready.wait(240) and proc.poll() is None, "".join(lines)
         assert any("front: haproxy" in line for line in lines), "".join(lines)
         assert _listener(port) == "haproxy"
+        assert (Path(haproxy_folder(port)) / "haproxy.cfg").is_file()  # its own files
         image = encode_image((np.random.default_rng(0).random((32, 16, 3)) * 255).astype(np.uint8))
         url = f"http://127.0.0.1:{port}/embed"
         ok = requests.post(url, files={"image": ("a.png", image, "image/png")},

@@ -83,7 +83,7 @@ def serve_forever(cfg: ServeConfig) -> None:
         check_port_free(cfg.host, cfg.port)
         from services.serve_front import prepare_local_front
 
-        prepare_local_front(cfg.front)  # Ray reads them when `ray.serve` is imported and its processes start
+        prepare_local_front(cfg.front, cfg.port)  # Ray reads them when `ray.serve` is imported and its processes start
 
     from ray import serve
 
