@@ -250,7 +250,8 @@ def search_levels(checkpoint: str, local: InProcess, args, port: int, tmp: str) 
         rank_ms = (time.perf_counter() - t0) / 20 * 1000
         dep = DeploymentConfig(num_cpus=0.0, max_ongoing_requests=max(64, args.max_batch_size))
         cfg = ServeConfig(checkpoint=checkpoint, port=port, front=args.front, app_name="bench",
-                          height=args.height, width=args.width, watch_interval_s=0.0, torch_threads=args.threads, max_batch_size=args.max_batch_size,
+                          height=args.height, width=args.width, watch_interval_s=0.0, torch_threads=args.threads,
+                          max_batch_size=args.max_batch_size,
                           batch_wait_timeout_s=args.batch_wait_s, gallery_dir=folder, max_gallery_size=max(size, 1),
                           ingress=DeploymentConfig(num_cpus=0.0, max_ongoing_requests=256), gallery=dep)
         t0 = time.perf_counter()
