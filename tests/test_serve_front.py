@@ -51,6 +51,7 @@ def test_front_env_sets_only_what_is_missing(monkeypatch):
     assert prepare_local_front("ray", 8000) == {}
 
 
+@pytest.mark.slow  # starts the session's Ray
 def test_a_cluster_without_the_haproxy_variables_is_refused_naming_them(ray_session):
     from reidloop.config.loader import ConfigError
     from services.serve_front import FrontUnavailable, check_cluster_front
