@@ -78,8 +78,8 @@ def test_serve_deploy_builder_refuses_haproxy_where_its_ray_lacks_the_variables(
     assert build_app({"config": "tune_configs/serve.yaml", "front": "haproxy"}) is not None
 
 
-def _listener(port: int) -> str | None:
-    """The command name of the process listening on 127.0.0.1:``port`` (from /proc), or None."""
+def _listener_pid(port: int) -> str | None:
+    """The pid of the process listening on 127.0.0.1:``port`` (from /proc), or None."""
     want = f"0100007F:{port:04X}"
     inodes = {line.split()[9] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
               if line.split()[1] == want and line.split()[3] == "0A"}  # 0A: LISTEN
@@ -90,10 +90,24 @@ def _listener(port: int) -> str | None:
             for fd in (proc / "fd").iterdir():
                 m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
                 if m and m.group(1) in inodes:
-                    return (proc / "comm").read_text().strip()
+                    return proc.name
         except OSError:
             continue
     return None
+
+
+def _listener(port: int) -> str | None:
+    """The command name of the process listening on 127.0.0.1:``port``, or None."""
+    pid = _listener_pid(port)
+    try:
+        return None if pid is None else (Path("/proc") / pid / "comm").read_text().strip()
+    except OSError:  # it ended between the two reads: nothing listens now
+        return None
+
+
+def _listener_args(port: int) -> list[str]:
+    """The command line of the process listening on 127.0.0.1:``port``."""
+    return (Path("/proc") / _listener_pid(port) / "cmdline").read_bytes().decode().split("\0")
 
 
 def _free_port() -> int:
@@ -136,7 +150,11 @@ def test_trainers_serve_with_front_haproxy_serves_through_haproxy_with_its_token
         assert ready.wait(240) and proc.poll() is None, "".join(lines)
         assert any("front: haproxy" in line for line in lines), "".join(lines)
         assert _listener(port) == "haproxy"
-        assert (Path(haproxy_folder(port)) / "haproxy.cfg").is_file()  # its own files
+        # its own files: Ray nests them per node, <folder>/<node id>/haproxy.cfg, and HAProxy runs on that one
+        configs = list(Path(haproxy_folder(port)).glob("*/haproxy.cfg"))
+        assert len(configs) == 1, sorted(map(str, Path(haproxy_folder(port)).rglob("*")))
+        args = _listener_args(port)
+        assert args[args.index("-f") + 1] == str(configs[0]), args
         image = encode_image((np.random.default_rng(0).random((32, 16, 3)) * 255).astype(np.uint8))
         url = f"http://127.0.0.1:{port}/embed"
         ok = requests.post(url, files={"image": ("a.png", image, "image/png")},
