@@ -85,3 +85,12 @@ def test_row_sets_expand_in_order_each_row_once_and_an_unknown_row_is_named():
     assert expand_rows(["qbc", "all"]) == ["qbc", *[r for r in ROWS if r != "qbc"]]
     with pytest.raises(SystemExit, match="unknown row 'nope'"):
         expand_rows(["nope"])
+
+
+def test_a_row_that_reused_another_rows_adaptation_costs_what_it_would_alone():
+    from cuhk01_table import row_seconds
+
+    assert row_seconds({"wall_seconds": 400.0}) == 400.0  # a results file from before the cache
+    assert row_seconds({"wall_seconds": 400.0, "adapt_seconds": 300.0, "adapt_reused": False}) == 400.0
+    assert row_seconds({"wall_seconds": 400.0, "adapt_seconds": 300.0, "adapt_reused": True}) == 700.0
+    assert row_seconds({"wall_seconds": 400.0, "adapt_seconds": None, "adapt_reused": False}) == 400.0

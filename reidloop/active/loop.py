@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from .. import atomic
+from ..adapt.cache import adapt_key, cached, store
 from ..adapt.train import adapt_unsupervised
 from ..answer_log import AnswerLog, effective
 from ..config import LoopJob, save_config, to_dict
@@ -168,14 +169,30 @@ class ActiveLearningLoop:
         return splits, pool, model
 
     def _adapted(self, model, pool: Sequence[ImageRecord]) -> torch.nn.Module:
-        """``adapt``: the model adapted to the pool without answers, once per output_dir (``adapted.pt``)."""
+        """``adapt``: the model adapted to the pool without answers, once per output_dir (``adapted.pt``), and
+        once per ``adapt.cache_dir`` for the same model, pool, settings and precision (``adapt.json`` says
+        which entry a run reused)."""
+        job = self.job
         path = self.out / "adapted.pt"
         if path.exists():  # resume: adaptation is done once per output_dir
             return load_checkpoint(path)[0]
         model.reset_classifier(0)
+        key = None
+        if job.adapt.cache_dir:
+            precision = resolve_precision(job.pretrain.amp, self.device).describe()
+            key = adapt_key(model, [r.path for r in pool], job.adapt, job.data.height, job.data.width, precision)
+            hit = cached(job.adapt.cache_dir, key)
+            if hit is not None:
+                log.info("adapted model reused from %s (same model, pool, adapt settings and precision)", hit[0])
+                atomic.link_or_copy(hit[0], path)
+                atomic.write_json(self.out / "adapt.json", {**hit[1], "reused": str(hit[0])})
+                return load_checkpoint(path)[0]
         history = self.adapt(model, pool)
-        atomic.write_json(self.out / "adapt.json", {"config": to_dict(self.job.adapt), "epochs": history})
-        save_checkpoint(path, model, extra={"adapted_on": len(pool), "adapt": to_dict(self.job.adapt)})
+        record = {"config": to_dict(job.adapt), "epochs": history}
+        atomic.write_json(self.out / "adapt.json", record)
+        save_checkpoint(path, model, extra={"adapted_on": len(pool), "adapt": to_dict(job.adapt)})
+        if key is not None:
+            store(job.adapt.cache_dir, key, path, {**record, "made_in": str(self.out)})
         return model
 
     def _warmstart_source(self) -> list[ImageRecord]:

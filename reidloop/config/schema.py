@@ -346,6 +346,10 @@ class AdaptConfig:
     ids_per_batch: int = 8  # P pseudo-identities per batch
     images_per_id: int = 4  # K images of each
     seed: int = 0
+    # A folder where adapted models are kept by what made them (reidloop/adapt/cache.py): runs that adapt
+    # the same model to the same pool with the same settings on the same kind of machine adapt once (the
+    # rows of a table, the trials of a sweep). None: every run adapts.
+    cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
