@@ -9,6 +9,8 @@
 * Security: token authentication from a Secret on every Ray cluster, no secret-looking value in plain
   text, no RAY_AUTH_MODE other than token; Services are ClusterIP, except opt-in ones under expose/,
   and none of those may expose Serve (its bearer token travels in plain HTTP: TLS must come first).
+* Serve's HTTP front: an app with ``front: haproxy`` only on a cluster whose every Ray container has Ray's
+  high-throughput variables in its env (services/serve_front.py).
 * Storage: every Ray pod mounts the folder's PersistentVolumeClaim at DATA_ROOT, and what the jobs
   write and the service reads lies on it.
 
@@ -248,6 +250,44 @@ def serve_config_problems(cfg) -> list[tuple[list, str]]:
     return out
 
 
+def serve_fronts(cfg) -> set[str]:
+    """The HTTP fronts (``ServeConfig.front``) the applications of a serve config ask for (those that load)."""
+    from reidloop.config import ConfigError, load_config
+    from reidloop.config.serve import ServeConfig
+
+    fronts = set()
+    for app in (cfg or {}).get("applications") or [] if isinstance(cfg, dict) else []:
+        if app.get("import_path") != "services.serve_app:build_app":
+            continue
+        args = dict(app.get("args") or {})
+        try:
+            fronts.add(load_config(ServeConfig, image_file(args.pop("config", None)),
+                                   [f"{k}={v}" for k, v in args.items()]).front)
+        except (ValueError, OSError, ConfigError):
+            pass  # named by serve_config_problems
+    return fronts
+
+
+def front_problems(cluster: dict, at: list, fronts: set[str]) -> list[tuple[list, str]]:
+    """``front: haproxy`` works only where every Ray container starts with Ray's high-throughput variables
+    (services/serve_front.py): Ray reads them when its processes start, so the app cannot set them itself."""
+    from services.serve_front import front_env
+
+    out = []
+    for front in sorted(fronts):
+        need = front_env(front, local=False)
+        for where, template in pod_templates(cluster, at):
+            containers = (template.get("spec") or {}).get("containers") or [{}]
+            env = {e.get("name"): str(e.get("value")) for e in containers[0].get("env") or [] if isinstance(e, dict)}
+            missing = [f"{k}={v}" for k, v in need.items() if env.get(k) != v]
+            if missing:
+                out.append((where + ["spec", "containers", 0, "env"],
+                            f"the Serve app has front: {front}, which needs {' '.join(missing)} in the env of "
+                            "every Ray container (Ray reads them when its processes start); add them, or set "
+                            "front: ray"))
+    return out
+
+
 # ------------------------------------------------------------------ security and storage
 def secret_problems(node, path: list) -> list[tuple[list, str]]:
     """Plain-text secrets and auth switched off, anywhere in ``node`` (env lists, env_vars maps, strings)."""
@@ -402,6 +442,8 @@ def doc_problems(doc, pvcs: set[str], exposed_ok: bool, ray_version: str) -> lis
         try:
             cfg = yaml.safe_load(spec.get("serveConfigV2") or "")
             out += [(["spec", "serveConfigV2", *p], m) for p, m in serve_config_problems(cfg)]
+            if isinstance(cluster, dict):
+                out += front_problems(cluster, at, serve_fronts(cfg))
         except yaml.YAMLError as exc:
             out.append((["spec", "serveConfigV2"], f"not YAML: {exc}"))
         svc_type = ((spec.get("serveService") or {}).get("spec") or {}).get("type", "ClusterIP")

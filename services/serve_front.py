@@ -13,7 +13,8 @@
 Both are switched by environment variables that Ray reads when each of its processes starts, so they must
 be in the environment of the Ray that runs Serve: set here for a Ray that ``trainers.serve`` starts (before
 ``ray.serve`` is imported); a running cluster must have been started with them (``ray start``'s
-environment, the RayService pods' env), which :func:`check_cluster_front` verifies before deploying.
+environment, the RayService pods' env), which :func:`check_cluster_front` verifies before deploying, and
+``k8s/check.py`` in the manifests.
 """
 from __future__ import annotations
 

@@ -235,6 +235,10 @@ BROKEN = {  # id: (file, mutation, what the message must name)
                                       ["dashboard-lb.yaml", "$.spec.type", "belongs in expose/"]),
     "serve exposed": ("expose/serve.yaml", lambda d: _with_port(load("expose/dashboard.yaml"), 8000),
                       ["expose/serve.yaml", "exposes Serve (8000)", "plain HTTP"]),
+    "haproxy front without its variables": (
+        "rayservice.yaml", _serve("token_file: /etc", "front: haproxy\n    token_file: /etc"),
+        ["$.spec.rayClusterConfig.headGroupSpec.template.spec.containers[0].env", "front: haproxy",
+         "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1"]),
     "open load balancer": ("expose/dashboard.yaml", _set(["spec", "loadBalancerSourceRanges"], ["0.0.0.0/0"]),
                            ["$.spec.loadBalancerSourceRanges"]),
 }
@@ -245,6 +249,28 @@ def test_a_deliberate_error_is_named(case, tmp_path):
     hits = [p for p in problems if p.startswith(f"k8s/{name}") and all(e in p for e in expected)]
     assert hits, f"{case}: nothing names {expected} in k8s/{name}:\n" + "\n".join(problems)
     assert all(p.startswith(f"k8s/{name}") for p in problems), problems  # the other files stay clean
+
+
+def test_the_haproxy_front_passes_once_every_ray_container_has_its_variables(tmp_path):
+    from services.serve_front import HAPROXY_ENV
+
+    def haproxy(doc):
+        _serve("token_file: /etc", "front: haproxy\n    token_file: /etc")(doc)
+        cluster = doc["spec"]["rayClusterConfig"]
+        for _, template in check.pod_templates(cluster, []):
+            container = template["spec"]["containers"][0]
+            container["env"] = [*container.get("env", []), *({"name": k, "value": v} for k, v in HAPROXY_ENV.items())]
+
+    assert broken(tmp_path, "rayservice.yaml", haproxy) == []
+
+    def one_group_missed(doc):  # the GPU workers' pods would start replicas HAProxy cannot know of
+        haproxy(doc)
+        doc["spec"]["rayClusterConfig"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["env"] = [
+            {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"}]
+
+    problems = broken(tmp_path / "again", "rayservice.yaml", one_group_missed)
+    assert len(problems) == 1 and "workerGroupSpecs[1].template.spec.containers[0].env" in problems[0], problems
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in problems[0] and "RAY_SERVE_ENABLE_HA_PROXY" not in problems[0]
 
 
 def test_the_cli_reports_and_fails(tmp_path, capsys):
