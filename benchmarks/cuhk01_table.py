@@ -123,6 +123,10 @@ ROWS.update({
     "random_adapted": Row("Random, from the adapted model", OURS, ("strategy=random", *ADAPT)),
     "nearest_adapted": Row("Nearest-first, from the adapted model", OURS, ("strategy=nearest", *ADAPT)),
     "dral_adapted": Row("DRAL + our additions, from the adapted model", OURS, ("strategy=dral", *ADAPT)),
+    # the uncertainty strategies from the adapted model (issue 26 asks for the best of them, chosen on seed 0)
+    "qiu_adapted": Row("QIU, from the adapted model", OURS, ("strategy=qiu", *ADAPT)),
+    "qbc_adapted": Row("QBC, from the adapted model", OURS, ("strategy=qbc", *ADAPT)),
+    "gd_adapted": Row("GD, from the adapted model", OURS, ("strategy=gd", *ADAPT)),
     "cluster": Row("Cluster-aware", OURS, ("strategy=cluster",),
                    "asks where the round's clustering of the pool is least sure"),
     "cluster_adapted": Row("Cluster-aware, from the adapted model", OURS, ("strategy=cluster", *ADAPT)),
