@@ -256,7 +256,8 @@ def serve_fronts(cfg) -> set[str]:
     from reidloop.config.serve import ServeConfig
 
     fronts = set()
-    for app in (cfg or {}).get("applications") or [] if isinstance(cfg, dict) else []:
+    apps = (cfg.get("applications") or []) if isinstance(cfg, dict) else []
+    for app in apps:
         if app.get("import_path") != "services.serve_app:build_app":
             continue
         args = dict(app.get("args") or {})
