@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reidloop.active.loop import ActiveLearningLoop
-from reidloop.adapt.cache import adapt_key, weights_digest
+from reidloop.adapt.cache import adapt_key, cached, weights_digest
 from reidloop.config import AdaptConfig
 from reidloop.models import load_checkpoint
 from conftest import tiny_job
@@ -76,3 +76,25 @@ def test_runs_from_the_same_model_and_pool_adapt_once_and_other_settings_adapt_a
     CountingLoop(third, progress=False).run()
     assert CountingLoop.adaptations == 2 and len(list(cache.glob("*.pt"))) == 2
     assert "reused" not in json.loads((tmp_path / "other" / "adapt.json").read_text())
+
+    # a damaged entry (its model file cut short) is a miss: adapted again, and the entry replaced by a good one
+    (cache / entries[1]).write_bytes((cache / entries[1]).read_bytes()[:100])
+    fourth = tiny_job(tmp_path / "damaged", tiny_checkpoint, data, strategy="random", **ADAPT,
+                      **{"adapt.cache_dir": str(cache)})
+    CountingLoop(fourth, progress=False).run()
+    assert CountingLoop.adaptations == 3
+    c, _ = load_checkpoint(cache / entries[1])
+    assert all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+
+
+def test_an_entry_whose_record_is_unreadable_is_a_miss_that_names_it(tmp_path, caplog):
+    (tmp_path / "k.pt").write_bytes(b"model")
+    assert cached(tmp_path, "k") is None  # no record yet: the entry is not complete
+    (tmp_path / "k.json").write_text('{"epochs": [')  # cut short
+    with caplog.at_level("WARNING", logger="reidloop.adapt.cache"):
+        assert cached(tmp_path, "k") is None
+    assert str(tmp_path / "k.json") in caplog.text and "adapting again" in caplog.text
+    (tmp_path / "k.json").write_text("[1, 2]")
+    assert cached(tmp_path, "k") is None
+    (tmp_path / "k.json").write_text('{"epochs": [], "made_in": "/runs/a"}')
+    assert cached(tmp_path, "k") == (tmp_path / "k.pt", {"epochs": [], "made_in": "/runs/a"})

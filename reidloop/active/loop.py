@@ -183,10 +183,15 @@ class ActiveLearningLoop:
             key = adapt_key(model, [r.path for r in pool], job.adapt, job.data.height, job.data.width, precision)
             hit = cached(job.adapt.cache_dir, key)
             if hit is not None:
-                log.info("adapted model reused from %s (same model, pool, adapt settings and precision)", hit[0])
-                atomic.link_or_copy(hit[0], path)
-                atomic.write_json(self.out / "adapt.json", {**hit[1], "reused": str(hit[0])})
-                return load_checkpoint(path)[0]
+                try:
+                    reused = load_checkpoint(hit[0])[0]
+                except ValueError as exc:  # a damaged entry is a miss: adapt again (store replaces it)
+                    log.warning("adapted-model cache entry unusable, adapting again and replacing it: %s", exc)
+                else:
+                    log.info("adapted model reused from %s (same model, pool, adapt settings and precision)", hit[0])
+                    atomic.link_or_copy(hit[0], path)
+                    atomic.write_json(self.out / "adapt.json", {**hit[1], "reused": str(hit[0])})
+                    return reused
         history = self.adapt(model, pool)
         record = {"config": to_dict(job.adapt), "epochs": history}
         atomic.write_json(self.out / "adapt.json", record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,8 @@ import torch
 
 from .. import atomic
 from ..config import to_dict
+
+log = logging.getLogger(__name__)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -42,11 +45,20 @@ def adapt_key(model: torch.nn.Module, pool_paths: Sequence[str], adapt_cfg, heig
 
 
 def cached(cache_dir: str | Path, key: str) -> tuple[Path, dict] | None:
-    """(model file, its record: the epochs' reports and where it was made) when ``key`` is in ``cache_dir``."""
+    """(model file, its record: the epochs' reports and where it was made) when ``key`` is in ``cache_dir``.
+    An entry whose record cannot be read is a miss (with a warning naming it): the run adapts again and
+    :func:`store` replaces it."""
     model, record = Path(cache_dir) / f"{key}.pt", Path(cache_dir) / f"{key}.json"
     if not (model.is_file() and record.is_file()):
         return None
-    return model, json.loads(record.read_text())
+    try:
+        made = json.loads(record.read_text())
+        if not isinstance(made, dict):
+            raise ValueError(f"a JSON {type(made).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("adapted-model cache entry %s is unreadable (%s): adapting again, and replacing it", record, exc)
+        return None
+    return model, made
 
 
 def store(cache_dir: str | Path, key: str, model_file: Path, record: dict) -> None:
