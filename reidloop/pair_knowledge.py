@@ -85,6 +85,16 @@ class PairKnowledge:
         """(n,) the group root of every pool item."""
         return self._groups.roots()
 
+    def constraints(self) -> tuple[np.ndarray, np.ndarray]:
+        """The knowledge as clustering constraints over the pool: (must-link (P, 2): every member of a group
+        paired with its root; cannot-link (Q, 2): one pair of roots for each pair of groups known different,
+        root < root). Together they imply exactly what the answers settle."""
+        roots = self.roots()
+        members = np.flatnonzero(roots != np.arange(self.n))
+        must = np.stack([roots[members], members], 1).astype(np.int64)
+        cannot = sorted({(a, b) for a, others in self._different.items() for b in others if a < b})
+        return must.reshape(-1, 2), np.array(cannot, dtype=np.int64).reshape(-1, 2)
+
     def settled_pairs(self, items: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Every pair among ``items`` that the answers settle, as local index pairs (i < j): (same, different)."""
         roots = np.array([self.group(i) for i in items], dtype=np.int64)

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -150,6 +151,7 @@ def _adapt_loop(config: dict) -> None:
 
     history = adapt_unsupervised(raw, config["records"], height=config["height"], width=config["width"], cfg=cfg,
                                  precision=resolve_precision(config["amp"], device), truth=config["truth"],
+                                 must_link=config.get("must_link", ()), cannot_link=config.get("cannot_link", ()),
                                  num_workers=config["num_workers"], progress=False, on_epoch=epoch_done)
     _report({}, cfg.epochs - 1, raw, None, None, {"history": [h.to_dict() for h in history]}, 0)
 
@@ -258,10 +260,14 @@ def fit_finetune(model: ReidNet, pool: Sequence[ImageRecord], job: LoopJob, data
 
 
 def fit_adapt(model: ReidNet, records: Sequence[ImageRecord], job: LoopJob, name: str, truth=None,
-              reporter: Optional[Reporter] = None) -> list[dict]:
+              reporter: Optional[Reporter] = None, cfg=None, must_link=(), cannot_link=()) -> list[dict]:
     """Unsupervised adaptation of ``model`` to ``records`` in place, in a Ray Train run of one worker (the
-    cluster memory is one replica's: data-parallel adaptation is not implemented); the epochs' reports."""
-    config = {"model": ray.put(model_payload(model)), "cfg": job.adapt, "records": list(records), "truth": truth,
+    cluster memory is one replica's: data-parallel adaptation is not implemented); the epochs' reports.
+    ``cfg``: the ``adapt`` section (the job's by default); ``must_link`` / ``cannot_link``: constraints on
+    the clustering (index pairs into ``records``)."""
+    config = {"model": ray.put(model_payload(model)), "cfg": cfg or job.adapt, "records": list(records),
+              "truth": truth, "must_link": np.asarray(must_link, dtype=np.int64).reshape(-1, 2),
+              "cannot_link": np.asarray(cannot_link, dtype=np.int64).reshape(-1, 2),
               "amp": job.pretrain.amp, "height": job.data.height, "width": job.data.width,
               "num_workers": job.data.num_workers, "reporter": reporter}
     state = _fit(adapt_loop, config, replace(job.ray, train_workers=1), name)

@@ -22,6 +22,7 @@ def test_the_key_changes_with_everything_adaptation_reads_and_nothing_else():
     key = adapt_key(model, pool, cfg, 32, 16, "cpu/fp32")
     assert len(key) == 24 and key == adapt_key(model, list(pool), AdaptConfig(epochs=2), 32, 16, "cpu/fp32")
     assert key == adapt_key(model, pool, replace(cfg, cache_dir="/elsewhere"), 32, 16, "cpu/fp32")
+    assert key == adapt_key(model, pool, replace(cfg, round_epochs=2), 32, 16, "cpu/fp32")  # not before round 0
     others = [adapt_key(model, pool[::-1], cfg, 32, 16, "cpu/fp32"),  # the pool's order is the sampler's
               adapt_key(model, pool[:2], cfg, 32, 16, "cpu/fp32"),
               adapt_key(model, pool, replace(cfg, lr=2e-4), 32, 16, "cpu/fp32"),

@@ -89,7 +89,8 @@ def records_size(splits) -> tuple[int, int]:
 
 def test_adapt_config_is_validated():
     for override, fragment in (("adapt.eps=1.5", "eps"), ("adapt.epochs=-1", "epochs"),
-                               ("adapt.ids_per_batch=1", "ids_per_batch"), ("adapt.momentum=2", "momentum")):
+                               ("adapt.ids_per_batch=1", "ids_per_batch"), ("adapt.momentum=2", "momentum"),
+                               ("adapt.round_epochs=-1", "round_epochs")):
         with pytest.raises(ConfigError, match=fragment):
             load_config(LoopJob, None, [override])
 
@@ -115,3 +116,24 @@ def test_the_loop_adapts_once_before_round_0_and_a_rerun_reuses_it(tmp_path, tin
     stamp = (out / "adapted.pt").stat().st_mtime_ns, (out / "adapt.json").read_text()
     ActiveLearningLoop(job, progress=False).run()  # the same run again: adaptation is not repeated
     assert ((out / "adapted.pt").stat().st_mtime_ns, (out / "adapt.json").read_text()) == stamp
+
+
+@pytest.mark.slow
+def test_rounds_re_adapt_under_the_answers_so_far_as_constraints(tmp_path, tiny_checkpoint):
+    from conftest import answered
+    from reidloop.pair_knowledge import PairKnowledge
+
+    out = tmp_path / "readapt"
+    job = tiny_job(out, tiny_checkpoint, tmp_path / "cache", strategy="nearest", **ADAPT,
+                   **{"adapt.round_epochs": 1})
+    ActiveLearningLoop(job, progress=False).run()
+    done = json.loads((out / "readapt.json").read_text())
+    rounds = pq.read_table(out / "rounds.parquet").to_pylist()
+    assert sorted(done, key=int) == [str(r["round"]) for r in rounds if r["round"] > 0]
+    q, c, y = answered(out)
+    for r, rec in done.items():
+        n = rounds[int(r)]["answers"]  # the answers in force when round r re-adapted
+        must, cannot = PairKnowledge(max(q + c) + 1, zip(q[:n], c[:n], y[:n])).constraints()
+        assert (rec["must_link"], rec["cannot_link"], rec["conflicts"]) == (len(must), len(cannot), 0)
+        assert len(rec["epochs"]) == 1
+    assert rec["must_link"] + rec["cannot_link"] > 0

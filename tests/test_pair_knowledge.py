@@ -165,3 +165,28 @@ def test_settled_link_share_counts_same_person_pairs_settled_by_transitivity():
     assert settled_link_share(ask((0, 1, 1), (1, 2, 1), (2, 3, -1)), pids) == pytest.approx(0.75)
     # an erring "same" between two people settles no true link
     assert settled_link_share(ask((0, 5, 1)), pids) == 0.0
+
+
+def test_constraints_state_exactly_what_the_answers_settle():
+    k = PairKnowledge(7, [(1, 2, 1), (2, 0, 1), (3, 4, -1), (2, 3, -1), (5, 6, 1), (6, 3, -1)])
+    must, cannot = k.constraints()
+    assert must.tolist() == [[0, 1], [0, 2], [5, 6]]  # each member with its group's root (the smallest)
+    assert cannot.tolist() == [[0, 3], [3, 4], [3, 5]]
+    again = PairKnowledge(7, [*((a, b, 1) for a, b in must.tolist()), *((a, b, -1) for a, b in cannot.tolist())])
+    for a, b in itertools.combinations(range(7), 2):  # the constraints imply exactly what the answers do
+        assert again.infer(a, b) == k.infer(a, b)
+    empty = PairKnowledge(3).constraints()
+    assert empty[0].shape == (0, 2) and empty[1].shape == (0, 2)
+
+
+def test_constraints_of_random_answers_imply_the_same_pairs():
+    rng = np.random.default_rng(1)
+    pids = rng.integers(0, 6, 25)
+    k = PairKnowledge(25)
+    for a, b in rng.integers(0, 25, (60, 2)).tolist():
+        if a != b and k.infer(a, b) is None:
+            k.add(a, b, 1 if pids[a] == pids[b] else -1)
+    must, cannot = k.constraints()
+    again = PairKnowledge(25, [*((a, b, 1) for a, b in must.tolist()), *((a, b, -1) for a, b in cannot.tolist())])
+    assert all(again.infer(a, b) == k.infer(a, b) for a, b in itertools.combinations(range(25), 2))
+    assert len(must) == 25 - len(set(k.roots().tolist()))

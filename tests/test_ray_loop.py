@@ -26,7 +26,8 @@ from reidloop.active.loop import ActiveLearningLoop
 from reidloop.answer_log import AnswerLog
 from reidloop.config import save_config
 from reidloop.models import load_checkpoint
-from conftest import implied_when_asked, tiny_job, wait_for
+from reidloop.pair_knowledge import PairKnowledge
+from conftest import answered, implied_when_asked, tiny_job, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -338,12 +339,19 @@ def test_an_actor_that_crashes_on_every_call_ends_the_job_naming_it(ray_session,
 
 def test_adaptation_runs_through_ray_train_like_the_core(ray_session, work, tiny_checkpoint):
     """``adapt`` on Ray: a Ray Train run (one worker) adapts the model before round 0, with the epochs'
-    reports of the core's adapt_unsupervised, and the in-process loop's adaptation gives the same clusters."""
+    reports of the core's adapt_unsupervised, and the in-process loop's adaptation gives the same clusters;
+    ``adapt.round_epochs`` re-adapts through Ray Train too, under the answers so far as constraints."""
     from services.ray_loop import RayActiveLearningLoop
 
     adapt = {"adapt.epochs": 1, "adapt.eps": 0.5, "adapt.min_samples": 2, "adapt.k1": 4, "adapt.k2": 2,
              "adapt.ids_per_batch": 2, "adapt.images_per_id": 2, "strategy": "random", "oracle.budget": 6}
-    RayActiveLearningLoop(ray_job(work, tiny_checkpoint, "adapt-ray", **adapt), progress=False).run()
+    RayActiveLearningLoop(ray_job(work, tiny_checkpoint, "adapt-ray", **adapt, **{"adapt.round_epochs": 1}),
+                          progress=False).run()
+    rounds = json.loads((work / "adapt-ray" / "readapt.json").read_text())
+    q, c, y = answered(work / "adapt-ray")
+    last = rounds[max(rounds, key=int)]
+    must, cannot = PairKnowledge(max(q + c) + 1, zip(q, c, y)).constraints()
+    assert len(last["epochs"]) == 1 and (last["must_link"], last["cannot_link"]) == (len(must), len(cannot))
     ActiveLearningLoop(tiny_job(work / "adapt-local", tiny_checkpoint, work / "cache", **adapt), progress=False).run()
     remote = json.loads((work / "adapt-ray" / "adapt.json").read_text())["epochs"]
     local = json.loads((work / "adapt-local" / "adapt.json").read_text())["epochs"]

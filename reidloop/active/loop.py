@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -232,19 +233,39 @@ class ActiveLearningLoop:
         train_supervised(model, labelled, height=job.data.height, width=job.data.width, cfg=job.pretrain,
                          precision=precision, num_workers=job.data.num_workers, progress=self.progress)
 
-    def adapt(self, model, pool: Sequence[ImageRecord]) -> list[dict]:
-        """Unsupervised adaptation of ``model`` to ``pool`` in place (``reidloop.adapt``); the epochs' reports.
-        With the simulated oracle the reports also say how well the clusters match the truth (never used)."""
+    def adapt(self, model, pool: Sequence[ImageRecord], cfg=None, must_link=(), cannot_link=()) -> list[dict]:
+        """Unsupervised adaptation of ``model`` to ``pool`` in place (``reidloop.adapt``; ``cfg``: the ``adapt``
+        section, the job's by default; ``must_link`` / ``cannot_link``: pool index pairs the clustering
+        respects); the epochs' reports. With the simulated oracle the reports also say how well the clusters
+        match the truth (never used)."""
         job = self.job
+        cfg = cfg or job.adapt
         precision = resolve_precision(job.pretrain.amp, self.device)
-        log.info("adapting %s to the %d pool images without answers (%d epochs, %s)",
-                 getattr(model, "backbone_name", job.model.backbone),
-                 len(pool), job.adapt.epochs, precision.describe())
+        log.info("adapting %s to the %d pool images (%d epochs, %s)", getattr(model, "backbone_name", job.model.backbone),
+                 len(pool), cfg.epochs, precision.describe())
         truth = np.array([r.pid for r in pool]) if job.oracle.mode == "simulated" else None
-        history = adapt_unsupervised(model, pool, height=job.data.height, width=job.data.width, cfg=job.adapt,
-                                     precision=precision, truth=truth, num_workers=job.data.num_workers,
-                                     progress=self.progress)
+        history = adapt_unsupervised(model, pool, height=job.data.height, width=job.data.width, cfg=cfg,
+                                     precision=precision, must_link=must_link, cannot_link=cannot_link, truth=truth,
+                                     num_workers=job.data.num_workers, progress=self.progress)
         return [h.to_dict() for h in history]
+
+    def readapt(self, model, pool: Sequence[ImageRecord], answered: tuple, round_: int) -> list[dict]:
+        """``adapt.round_epochs``: adapt ``model`` to ``pool`` again, its clustering constrained by the answers
+        so far and what they settle (an answer contradicting earlier ones is left out); the epochs' reports,
+        also in ``readapt.json`` per round."""
+        job = self.job
+        knowledge = PairKnowledge(len(pool), zip(*(a.tolist() for a in answered)), strict=False)
+        must, cannot = knowledge.constraints()
+        log.info("round %d: re-adapting to the pool under %d must-link and %d cannot-link constraints (%d epochs)",
+                 round_, len(must), len(cannot), job.adapt.round_epochs)
+        cfg = replace(job.adapt, epochs=job.adapt.round_epochs, seed=job.adapt.seed + round_)
+        history = self.adapt(model, pool, cfg, must, cannot)
+        path = self.out / "readapt.json"
+        done = json.loads(path.read_text()) if path.exists() else {}
+        done[str(round_)] = {"must_link": len(must), "cannot_link": len(cannot), "conflicts": knowledge.conflicts,
+                             "epochs": history}
+        atomic.write_json(path, done)
+        return history
 
     def make_strategy(self) -> Strategy:
         return build_strategy(self.job.strategy, self.job.dral, seed=self.job.seed, adapt=self.job.adapt)
@@ -460,6 +481,8 @@ class ActiveLearningLoop:
                 self.board.set_queries_done(cursor)
                 self.board.set_phase("fine-tuning" if strategy.finetune != "none" else "evaluating")
             if strategy.finetune != "none":
+                if job.adapt.round_epochs and strategy.asks_questions:
+                    self.readapt(model, pool, answered_now, r)
                 mode, pairs, truth = self.training_pairs(strategy, answered_now, features, pids, order[:cursor])
                 stats = self.finetune(model, pool, mode, r, pairs, pids, truth)
                 ft_seconds = stats.seconds

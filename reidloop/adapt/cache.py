@@ -2,7 +2,7 @@
 same pool in the same way adapt once: the strategies of a table, the trials of a sweep.
 
 The key is a digest of everything the adaptation reads: the model's weights before it, the pool's images in
-order (their real paths; the images behind a path are assumed unchanged), the ``adapt`` section (less ``cache_dir``),
+order (their real paths; the images behind a path are assumed unchanged), the ``adapt`` section (less ``cache_dir`` and ``round_epochs``),
 the input size and the precision it runs in (``cpu/fp32``, ``cuda/bf16``...: another kind of machine
 computes another model, so it gets its own entry). Entries are written atomically (one file each), so two
 runs that miss at once both adapt and the second write replaces the first with an equal model.
@@ -37,7 +37,8 @@ def weights_digest(model: torch.nn.Module) -> str:
 def adapt_key(model: torch.nn.Module, pool_paths: Sequence[str], adapt_cfg, height: int, width: int,
               precision: str) -> str:
     """The cache key (24 hex digits) of adapting ``model`` to ``pool_paths`` with ``adapt_cfg``."""
-    section = {k: v for k, v in to_dict(adapt_cfg).items() if k != "cache_dir"}
+    # not what adapts before round 0: where it is kept, and the rounds' re-adaptation
+    section = {k: v for k, v in to_dict(adapt_cfg).items() if k not in ("cache_dir", "round_epochs")}
     pool = "\n".join(os.path.realpath(p) for p in pool_paths)  # the files, however the data root was written
     what = {"weights": weights_digest(model), "pool": hashlib.sha256(pool.encode()).hexdigest(),
             "adapt": section, "input": [height, width], "precision": precision}

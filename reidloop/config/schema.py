@@ -350,9 +350,15 @@ class AdaptConfig:
     # the same model to the same pool with the same settings on the same kind of machine adapt once (the
     # rows of a table, the trials of a sweep). None: every run adapts.
     cache_dir: Optional[str] = None
+    # SPAL-style rounds (not in DRAL): before each round's fine-tune, this many epochs of the same adaptation
+    # with the answers so far, and all they settle, as must-link / cannot-link constraints on the clustering
+    # (reidloop/adapt/clustering.py), so the answers also correct the pseudo-labels of the images nobody
+    # asked about. 0: off. Seeded per round (seed + round), so a resumed round re-adapts the same way.
+    round_epochs: int = 0
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 0, "epochs", self.epochs, "must be >= 0")
+        _check(self.round_epochs >= 0, "round_epochs", self.round_epochs, "must be >= 0")
         _check(self.lr > 0 and self.weight_decay >= 0, "lr/weight_decay", (self.lr, self.weight_decay),
                "need lr > 0 and weight_decay >= 0")
         _check(self.k1 >= 1 and self.k2 >= 1, "k1/k2", (self.k1, self.k2), "must be >= 1")
