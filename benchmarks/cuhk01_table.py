@@ -130,6 +130,14 @@ ROWS.update({
     "cluster": Row("Cluster-aware", OURS, ("strategy=cluster",),
                    "asks where the round's clustering of the pool is least sure"),
     "cluster_adapted": Row("Cluster-aware, from the adapted model", OURS, ("strategy=cluster", *ADAPT)),
+    # SPAL-style rounds: before each fine-tune the pool is re-adapted (2 epochs) with the answers so far, and
+    # what they settle, as must-link / cannot-link constraints on its clustering (adapt.round_epochs)
+    "nearest_adapted_rounds": Row("Nearest-first, from the adapted model, re-adapted each round", OURS,
+                                  ("strategy=nearest", *ADAPT, "adapt.round_epochs=2"),
+                                  "answers also constrain the pool's clustering before each fine-tune"),
+    "cluster_adapted_rounds": Row("Cluster-aware, from the adapted model, re-adapted each round", OURS,
+                                  ("strategy=cluster", *ADAPT, "adapt.round_epochs=2"),
+                                  "answers also constrain the pool's clustering before each fine-tune"),
 })
 FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
 REFERENCES = ("baseline", "upperbound", "upperbound_paper", "unsupervised")  # they ask nothing: no curve against answers
@@ -429,7 +437,7 @@ def pipeline_kind(row: str) -> str | None:
         return None
     if row.startswith("cluster"):
         return "cluster-aware"
-    if row == "unsupervised" or row.endswith("_adapted"):
+    if row == "unsupervised" or "_adapted" in row:
         return "adapted model + strategy"
     return "source model + strategy"
 

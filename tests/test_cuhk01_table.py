@@ -15,7 +15,9 @@ def res(row, seed, curve=None, final=None, kmax=5):
 def test_pipeline_kinds():
     assert pipeline_kind("baseline") == pipeline_kind("dral_paper") == "source model + strategy"
     assert pipeline_kind("unsupervised") == pipeline_kind("nearest_adapted") == "adapted model + strategy"
-    assert pipeline_kind("cluster") == pipeline_kind("cluster_adapted") == "cluster-aware"
+    assert pipeline_kind("cluster") == pipeline_kind("cluster_adapted") == pipeline_kind("cluster_adapted_rounds") \
+        == "cluster-aware"
+    assert pipeline_kind("nearest_adapted_rounds") == "adapted model + strategy"
     assert pipeline_kind("upperbound") is None and pipeline_kind("upperbound_paper") is None
 
 
