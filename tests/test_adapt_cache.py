@@ -27,6 +27,7 @@ def test_the_key_changes_with_everything_adaptation_reads_and_nothing_else():
               adapt_key(model, pool[:2], cfg, 32, 16, "cpu/fp32"),
               adapt_key(model, pool, replace(cfg, lr=2e-4), 32, 16, "cpu/fp32"),
               adapt_key(model, pool, replace(cfg, seed=1), 32, 16, "cpu/fp32"),
+              adapt_key(model, pool, replace(cfg, eps_rho=1.6e-3), 32, 16, "cpu/fp32"),
               adapt_key(model, pool, cfg, 64, 32, "cpu/fp32"),
               adapt_key(model, pool, cfg, 32, 16, "cpu/bf16")]
     before = weights_digest(model)
@@ -42,9 +43,9 @@ class CountingLoop(ActiveLearningLoop):
 
     adaptations = 0
 
-    def adapt(self, model, pool):
+    def adapt(self, model, pool, *args, **kwargs):
         CountingLoop.adaptations += 1
-        return super().adapt(model, pool)
+        return super().adapt(model, pool, *args, **kwargs)
 
 
 @pytest.mark.slow

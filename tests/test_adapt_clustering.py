@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score as ari
 
-from reidloop.adapt import cluster, dbscan, jaccard_distance, proxies
+from reidloop.adapt import auto_eps, cluster, dbscan, jaccard_distance, proxies
 
 
 def blobs(cam_offset: float, ids: int = 8, per: int = 6, dim: int = 16, seed: int = 0):
@@ -67,6 +67,30 @@ def test_jaccard_edge_cases_and_errors():
         jaccard_distance(np.array([[0.0], [np.nan]]))
     with pytest.raises(ValueError, match="k1 must be a positive int, got 0"):
         jaccard_distance(np.zeros((3, 2)), k1=0)
+
+
+def test_auto_eps_is_the_mean_of_the_smallest_share_of_pair_distances():
+    d = np.zeros((4, 4), dtype=np.float32)
+    d[np.triu_indices(4, 1)] = [0.5, 0.1, 0.6, 0.3, 0.2, 0.4]  # the 6 pairs
+    d = d + d.T
+    assert auto_eps(d, 0.34) == pytest.approx((0.1 + 0.2 + 0.3) / 3)  # ceil(0.34 * 6) = 3 pairs
+    assert auto_eps(d, 1e-9) == pytest.approx(0.1)  # at least one pair
+    assert auto_eps(d, 1.0) == pytest.approx(0.35)
+    for bad, match in ((0.0, "rho"), (1.5, "rho"), (True, "rho")):
+        with pytest.raises(ValueError, match=match):
+            auto_eps(d, bad)
+    with pytest.raises(ValueError, match="N >= 2"):
+        auto_eps(np.zeros((1, 1)), 0.1)
+
+
+def test_auto_eps_a_little_above_the_same_person_share_recovers_separable_identities():
+    f, ident, _ = blobs(cam_offset=1.0)
+    dist = jaccard_distance(f, k1=6, k2=2)
+    same_share = sum(c * (c - 1) / 2 for c in np.bincount(ident)) / (len(ident) * (len(ident) - 1) / 2)
+    eps = auto_eps(dist, 1.5 * same_share)  # a little above it (Song et al.: 1.6e-3 on Market-1501, ~1.2e-3)
+    assert 0 < eps < 1
+    assert ari(cluster(dist, eps, min_samples=4), ident) >= 0.9
+    assert auto_eps(dist, 0.5 * same_share) < eps  # a smaller share, a tighter radius
 
 
 def test_separable_identities_are_recovered():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reidloop.active.loop import ActiveLearningLoop
-from reidloop.adapt.train import adapt_unsupervised, camera_centred, cluster_report
+from reidloop.adapt.train import adapt_unsupervised, camera_centred, cluster_report, unit
 from reidloop.config import AdaptConfig, ConfigError, LoopJob, load_config
 from reidloop.engine.precision import resolve_precision
 from reidloop.models import load_checkpoint
@@ -80,6 +80,23 @@ def test_adaptation_trains_on_the_clusters_and_answers_as_constraints_make_them_
     assert not model.training
 
 
+def test_eps_rho_sets_each_epochs_radius_from_its_distances(tiny_checkpoint, synthetic_tiny):
+    from reidloop.adapt.clustering import auto_eps, jaccard_distance
+    from reidloop.engine.features import extract_features
+
+    records = list(synthetic_tiny.train)
+    model, _ = load_checkpoint(tiny_checkpoint)
+    h, w = records_size(synthetic_tiny)
+    precision = resolve_precision("off", torch.device("cpu"))
+    feats = unit(extract_features(model, records, height=h, width=w, precision=precision, progress=False))
+    cameras = np.array([r.camid for r in records])
+    expected = auto_eps(jaccard_distance(camera_centred(feats, cameras), 4, 2), 0.05)
+    cfg = AdaptConfig(epochs=1, eps=0.9, eps_rho=0.05, min_samples=2, k1=4, k2=2, ids_per_batch=2, images_per_id=2)
+    history = adapt_unsupervised(model, records, height=h, width=w, cfg=cfg, precision=precision, progress=False)
+    assert history[0].eps == pytest.approx(expected) and history[0].eps != 0.9
+    assert f"eps {expected:.3f}" in history[0].line()
+
+
 def records_size(splits) -> tuple[int, int]:
     from PIL import Image
 
@@ -90,7 +107,7 @@ def records_size(splits) -> tuple[int, int]:
 def test_adapt_config_is_validated():
     for override, fragment in (("adapt.eps=1.5", "eps"), ("adapt.epochs=-1", "epochs"),
                                ("adapt.ids_per_batch=1", "ids_per_batch"), ("adapt.momentum=2", "momentum"),
-                               ("adapt.round_epochs=-1", "round_epochs")):
+                               ("adapt.round_epochs=-1", "round_epochs"), ("adapt.eps_rho=0", "eps_rho")):
         with pytest.raises(ConfigError, match=fragment):
             load_config(LoopJob, None, [override])
 

@@ -5,7 +5,7 @@ constraints, camera-aware proxies) and :mod:`.memory` (CAP's intra/inter-camera 
 """
 from __future__ import annotations
 
-from .clustering import cluster, dbscan, jaccard_distance, proxies
+from .clustering import auto_eps, cluster, dbscan, jaccard_distance, proxies
 from .memory import ClusterMemory
 
-__all__ = ["ClusterMemory", "cluster", "dbscan", "jaccard_distance", "proxies"]
+__all__ = ["ClusterMemory", "auto_eps", "cluster", "dbscan", "jaccard_distance", "proxies"]

@@ -37,8 +37,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 def adapt_key(model: torch.nn.Module, pool_paths: Sequence[str], adapt_cfg, height: int, width: int,
               precision: str) -> str:
     """The cache key (24 hex digits) of adapting ``model`` to ``pool_paths`` with ``adapt_cfg``."""
-    # not what adapts before round 0: where it is kept, and the rounds' re-adaptation
-    section = {k: v for k, v in to_dict(adapt_cfg).items() if k not in ("cache_dir", "round_epochs")}
+    # not what adapts before round 0: where it is kept, and the rounds' re-adaptation; an optional setting
+    # left unset is left out, so adding one to AdaptConfig keeps the entries already made
+    section = {k: v for k, v in to_dict(adapt_cfg).items()
+               if k not in ("cache_dir", "round_epochs") and v is not None}
     pool = "\n".join(os.path.realpath(p) for p in pool_paths)  # the files, however the data root was written
     what = {"weights": weights_digest(model), "pool": hashlib.sha256(pool.encode()).hexdigest(),
             "adapt": section, "input": [height, width], "precision": precision}

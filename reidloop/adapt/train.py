@@ -29,7 +29,7 @@ from ..data.transforms import build_transforms
 from ..engine.features import extract_features
 from ..engine.precision import Precision, checked_precision
 from ..progress import bar
-from .clustering import cluster, jaccard_distance
+from .clustering import auto_eps, cluster, jaccard_distance
 from .memory import ClusterMemory
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,12 @@ class AdaptEpoch:
     purity: Optional[float] = None  # with ``truth``: share of clustered images whose cluster's majority is their id
     pair_precision: Optional[float] = None  # with ``truth``: same-cluster pairs that are one person
     pair_recall: Optional[float] = None  # with ``truth``: same-person pairs put in one cluster
+    eps: Optional[float] = None  # the DBSCAN radius this epoch clustered with (adapt.eps, or from adapt.eps_rho)
 
     def line(self) -> str:
         extra = "" if self.purity is None else (f"  purity {self.purity:.3f}  pairs P {self.pair_precision:.3f} "
                                                 f"R {self.pair_recall:.3f}")
-        return (f"adapt epoch {self.epoch:>2}  clusters {self.clusters}  clustered {self.clustered:.2f}  "
+        return (f"adapt epoch {self.epoch:>2}  eps {self.eps or 0:.3f}  clusters {self.clusters}  clustered {self.clustered:.2f}  "
                 f"cross-camera {self.cross_camera:.2f}  loss {self.loss:.4f}{extra}  {self.seconds:.0f}s")
 
     def to_dict(self) -> dict:
@@ -119,8 +120,10 @@ def adapt_unsupervised(model: torch.nn.Module, records: Sequence[ImageRecord], *
                                  num_workers=num_workers, progress=False)
         feats = unit(feats)
         basis = camera_centred(feats, cameras) if cfg.camera_centring else feats
-        labels = cluster(jaccard_distance(basis, cfg.k1, cfg.k2), cfg.eps, cfg.min_samples, must_link, cannot_link)
-        report = cluster_report(labels, cameras, truth)
+        dist = jaccard_distance(basis, cfg.k1, cfg.k2)
+        eps = auto_eps(dist, cfg.eps_rho) if cfg.eps_rho else cfg.eps
+        labels = cluster(dist, eps, cfg.min_samples, must_link, cannot_link)
+        report = {**cluster_report(labels, cameras, truth), "eps": eps}
         kept = np.flatnonzero(labels >= 0)
         loss_sum, steps = 0.0, 0
         if len(np.unique(labels[kept])) >= cfg.ids_per_batch:

@@ -333,6 +333,9 @@ class AdaptConfig:
     k1: int = 20  # k-reciprocal neighbours of the Jaccard distance (Zhong et al.)
     k2: int = 6  # local query expansion
     eps: float = 0.5  # DBSCAN radius on the Jaccard distance
+    # Set: the radius of each clustering is the mean of the smallest eps_rho share of the pool's pairwise
+    # Jaccard distances (Song et al. 2020 use 1.6e-3), instead of eps. None: eps as given.
+    eps_rho: Optional[float] = None
     min_samples: int = 2  # DBSCAN core size (itself included); CUHK01 has 4 images per person
     # Cluster on features centred per camera (each camera's mean embedding subtracted, then unit length), so
     # that what a camera adds to every image (light, angle, background) does not group images by camera:
@@ -363,6 +366,7 @@ class AdaptConfig:
                "need lr > 0 and weight_decay >= 0")
         _check(self.k1 >= 1 and self.k2 >= 1, "k1/k2", (self.k1, self.k2), "must be >= 1")
         _check(0 < self.eps < 1, "eps", self.eps, "must be in (0, 1) (a Jaccard distance)")
+        _check(self.eps_rho is None or 0 < self.eps_rho <= 1, "eps_rho", self.eps_rho, "must be in (0, 1] or null")
         _check(self.min_samples >= 1, "min_samples", self.min_samples, "must be >= 1")
         _check(self.temperature > 0, "temperature", self.temperature, "must be > 0")
         _check(0 <= self.momentum <= 1, "momentum", self.momentum, "must be in [0, 1]")

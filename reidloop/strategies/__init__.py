@@ -20,12 +20,12 @@ _SIMPLE = {cls.name: cls for cls in (RandomStrategy, QIUStrategy, QBCStrategy, G
 
 def build_strategy(name: str, dral: DralConfig, seed: int = 0, adapt: AdaptConfig | None = None) -> Strategy:
     """The strategy called ``name`` (see reidloop.config.STRATEGIES). ``adapt``: the clustering settings the
-    cluster-aware strategy shares with unsupervised adaptation (eps, min_samples, k1, k2, camera_centring;
+    cluster-aware strategy shares with unsupervised adaptation (eps, eps_rho, min_samples, k1, k2, camera_centring;
     default: AdaptConfig's)."""
     if name == "cluster":
         a = adapt or AdaptConfig()
         return ClusterStrategy(seed=seed, eps=a.eps, min_samples=a.min_samples, k1=a.k1, k2=a.k2,
-                               camera_centring=a.camera_centring)
+                               camera_centring=a.camera_centring, eps_rho=a.eps_rho)
     if name == "dral":
         return DralStrategy(dral, seed=seed)
     if name == "l2r":
