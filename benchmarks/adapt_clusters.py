@@ -1,7 +1,7 @@
 """How well does clustering the CUHK01 learning pool find its people? Plain vs camera-centred features.
 
     .venv/bin/python benchmarks/adapt_clusters.py --cuhk01 ../shared/data/cuhk01 \
-        [--checkpoint runs/cuhk03_source/model.pt] [--seed 0] --out benchmarks/results/adapt_clusters
+        [--checkpoint runs/cuhk03_source/model.pt] [--seed 0] [--eps-rho 1.6e-3 ...] --out benchmarks/results/adapt_clusters
 
 The first step of unsupervised adaptation (``reidloop/adapt``) without any training: embed the pool of one
 CUHK01 split (485 identities × 4 images, 2 cameras) with a model (the ImageNet MobileNetV2 by default, or
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import machine_meta, markdown_table, write_results  # noqa: E402
-from reidloop.adapt.clustering import cluster, jaccard_distance  # noqa: E402
+from reidloop.adapt.clustering import auto_eps, cluster, jaccard_distance  # noqa: E402
 from reidloop.adapt.train import camera_centred, cluster_report, unit  # noqa: E402
 from reidloop.config import ModelConfig  # noqa: E402
 from reidloop.data.cuhk01 import read_cuhk01  # noqa: E402
@@ -31,7 +31,8 @@ from reidloop.engine.features import extract_features  # noqa: E402
 from reidloop.engine.precision import resolve_precision  # noqa: E402
 from reidloop.models import build_model, load_checkpoint  # noqa: E402
 
-COLUMNS = [("features", "features", None), ("k1", "k1", "d"), ("eps", "eps", ".2f"), ("clusters", "clusters", "d"),
+COLUMNS = [("features", "features", None), ("k1", "k1", "d"), ("eps_rho", "eps_rho", None), ("eps", "eps", ".3f"),
+           ("clusters", "clusters", "d"),
            ("clustered", "clustered", ".2f"), ("cross_camera", "clusters spanning both cameras", ".2f"),
            ("purity", "purity", ".2f"), ("pair_precision", "pair precision", ".3f"),
            ("pair_recall", "pair recall", ".3f")]
@@ -46,6 +47,9 @@ def main(argv=None) -> None:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--k1", type=int, nargs="+", default=[10, 20])
     ap.add_argument("--eps", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    ap.add_argument("--eps-rho", type=float, nargs="*", default=[],
+                    help="also cluster at the radius adapt.eps_rho would choose (rho: share of the smallest distances)")
+    ap.add_argument("--k2", type=int, default=6)
     ap.add_argument("--min-samples", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/adapt_clusters"))
     args = ap.parse_args(argv)
@@ -62,10 +66,12 @@ def main(argv=None) -> None:
     rows = []
     for name, x in (("as they are", feats), ("camera-centred", camera_centred(feats, cameras))):
         for k1 in args.k1:
-            dist = jaccard_distance(x, k1, 6)
-            for eps in args.eps:
+            dist = jaccard_distance(x, k1, args.k2)
+            radii = [(eps, None) for eps in args.eps] + [(auto_eps(dist, rho), rho) for rho in args.eps_rho]
+            for eps, rho in radii:
                 rep = cluster_report(cluster(dist, eps, args.min_samples), cameras, truth)
-                rows.append({"features": name, "k1": k1, "eps": eps, "min_samples": args.min_samples, **rep})
+                rows.append({"features": name, "k1": k1, "eps": eps, "eps_rho": rho, "min_samples": args.min_samples,
+                             **rep})
                 print(markdown_table(rows[-1:], COLUMNS).splitlines()[-1], flush=True)
     text = markdown_table(rows, COLUMNS)
     print(text)
