@@ -112,7 +112,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
             log.info("pre-trained %d epochs on %d images through Ray Train (%d workers): loss %.4f",
                      len(history), len(labelled), self.job.ray.train_workers, history[-1]["loss"])
 
-    def adapt(self, model, pool, cfg=None, must_link=(), cannot_link=()) -> list[dict]:
+    def adapt(self, model, pool, cfg=None, must_link=(), cannot_link=(), tag: str = "adapt") -> list[dict]:
         job = self.job
         cfg = cfg or job.adapt
         if job.ray.train_workers > 1:
@@ -121,7 +121,7 @@ class RayActiveLearningLoop(ActiveLearningLoop):
         truth = np.array([r.pid for r in pool]) if job.oracle.mode == "simulated" else None
         with self.relay.watching("adaptation", "adaptation", cfg.epochs, self.progress,
                                  unit="epoch") as reporter:
-            history = fit_adapt(model, pool, job, name=f"{self.run_tag}-adapt", truth=truth, reporter=reporter,
+            history = fit_adapt(model, pool, job, name=f"{self.run_tag}-{tag}", truth=truth, reporter=reporter,
                                 cfg=cfg, must_link=must_link, cannot_link=cannot_link)
         if history:
             last = history[-1]

@@ -81,6 +81,13 @@ def test_auto_eps_is_the_mean_of_the_smallest_share_of_pair_distances():
             auto_eps(d, bad)
     with pytest.raises(ValueError, match="N >= 2"):
         auto_eps(np.zeros((1, 1)), 0.1)
+    # zero distances (images with the same k-reciprocal neighbours) do not pull the radius to 0
+    z = d.copy()
+    z[0, 1] = z[1, 0] = z[0, 2] = z[2, 0] = 0.0  # pairs 0.5 and 0.1 become 0
+    assert auto_eps(z, 0.34) == pytest.approx((0.2 + 0.3 + 0.4) / 3)
+    assert auto_eps(z, 1.0) == pytest.approx((0.6 + 0.3 + 0.2 + 0.4) / 4)  # only 4 positive of 6
+    with pytest.raises(ValueError, match="every one of the 6 pairwise distances is 0"):
+        auto_eps(np.zeros((4, 4)), 0.5)
 
 
 def test_auto_eps_a_little_above_the_same_person_share_recovers_separable_identities():

@@ -47,6 +47,10 @@ def test_registered_under_its_name():
     assert (t.eps, t.min_samples, t.k1, t.k2) == (0.3, 3, 9, 2)  # one clustering for adaptation and questions
     with pytest.raises(ValueError, match="eps must be in"):
         ClusterStrategy(eps=1.5)
+    assert t.eps_rho is None
+    assert build_strategy("cluster", DralConfig(), adapt=AdaptConfig(eps_rho=2e-3)).eps_rho == 2e-3
+    with pytest.raises(ValueError, match="eps_rho must be in"):
+        ClusterStrategy(eps_rho=0.0)
 
 
 def test_hand_built_boundary_first_then_inside_the_cluster_last():

@@ -191,7 +191,8 @@ class ActiveLearningLoop:
                 else:
                     log.info("adapted model reused from %s (same model, pool, adapt settings and precision)", hit[0])
                     atomic.link_or_copy(hit[0], path)
-                    atomic.write_json(self.out / "adapt.json", {**hit[1], "reused": str(hit[0])})
+                    atomic.write_json(self.out / "adapt.json", {**hit[1], "config": to_dict(job.adapt),
+                                                                "reused": str(hit[0])})
                     return reused
         history = self.adapt(model, pool)
         record = {"config": to_dict(job.adapt), "epochs": history}
@@ -233,10 +234,11 @@ class ActiveLearningLoop:
         train_supervised(model, labelled, height=job.data.height, width=job.data.width, cfg=job.pretrain,
                          precision=precision, num_workers=job.data.num_workers, progress=self.progress)
 
-    def adapt(self, model, pool: Sequence[ImageRecord], cfg=None, must_link=(), cannot_link=()) -> list[dict]:
+    def adapt(self, model, pool: Sequence[ImageRecord], cfg=None, must_link=(), cannot_link=(),
+              tag: str = "adapt") -> list[dict]:
         """Unsupervised adaptation of ``model`` to ``pool`` in place (``reidloop.adapt``; ``cfg``: the ``adapt``
         section, the job's by default; ``must_link`` / ``cannot_link``: pool index pairs the clustering
-        respects); the epochs' reports. With the simulated oracle the reports also say how well the clusters
+        respects; ``tag``: names the run where one is named, as on Ray); the epochs' reports. With the simulated oracle the reports also say how well the clusters
         match the truth (never used)."""
         job = self.job
         cfg = cfg or job.adapt
@@ -259,9 +261,10 @@ class ActiveLearningLoop:
         log.info("round %d: re-adapting to the pool under %d must-link and %d cannot-link constraints (%d epochs)",
                  round_, len(must), len(cannot), job.adapt.round_epochs)
         cfg = replace(job.adapt, epochs=job.adapt.round_epochs, seed=job.adapt.seed + round_)
-        history = self.adapt(model, pool, cfg, must, cannot)
+        history = self.adapt(model, pool, cfg, must, cannot, tag=f"round{round_}-adapt")
         path = self.out / "readapt.json"
         done = json.loads(path.read_text()) if path.exists() else {}
+        done = {k: v for k, v in done.items() if int(k) < round_}  # a later round of an older attempt is gone
         done[str(round_)] = {"must_link": len(must), "cannot_link": len(cannot), "conflicts": knowledge.conflicts,
                              "epochs": history}
         atomic.write_json(path, done)

@@ -61,8 +61,8 @@ def jaccard_distance(features: np.ndarray, k1: int = 20, k2: int = 6) -> np.ndar
 
 def auto_eps(dist: np.ndarray, rho: float) -> float:
     """DBSCAN's radius from the distances themselves (Song et al., "Unsupervised domain adaptive
-    re-identification: theory and practice", 2020: rho 1.6e-3): the mean of the smallest ``rho`` share of the
-    N(N-1)/2 pairwise distances (at least one). A ``rho`` a little above the share of same-person pairs (about
+    re-identification: theory and practice", 2020: rho 1.6e-3): the mean of the smallest positive distances,
+    as many as ``rho`` of the N(N-1)/2 pairs (at least one). A ``rho`` a little above the share of same-person pairs (about
     (images per person - 1) / N: 1.2e-3 on Market-1501, 1.5e-3 on a CUHK01 pool) covers most same-person
     distances, and the radius follows the features as adaptation sharpens them."""
     d = as_numpy(dist, "dist")
@@ -70,9 +70,14 @@ def auto_eps(dist: np.ndarray, rho: float) -> float:
         raise ValueError(f"dist must be an (N, N) matrix with N >= 2, got {d.shape}")
     if isinstance(rho, bool) or not isinstance(rho, (int, float, np.number)) or not 0 < rho <= 1:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
-    upper = d[np.triu_indices(d.shape[0], 1)]
-    k = max(1, int(np.ceil(rho * upper.size)))
-    return float(np.partition(upper, k - 1)[:k].mean())
+    pairs = d[np.triu_indices(d.shape[0], 1)]
+    # zero distances are images with the same k-reciprocal neighbours (common with few images per person
+    # and a sharpened model): they would pull the radius to 0, where DBSCAN groups only exact duplicates
+    upper = pairs[pairs > 0]
+    if not upper.size:
+        raise ValueError(f"every one of the {pairs.size} pairwise distances is 0: no radius to derive (set eps)")
+    k = max(1, int(np.ceil(rho * pairs.size)))
+    return float(np.partition(upper, min(k, upper.size) - 1)[:k].mean())
 
 
 def _check_pairs(pairs: Any, name: str, n: int) -> np.ndarray:

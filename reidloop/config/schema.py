@@ -357,6 +357,7 @@ class AdaptConfig:
     # with the answers so far, and all they settle, as must-link / cannot-link constraints on the clustering
     # (reidloop/adapt/clustering.py), so the answers also correct the pseudo-labels of the images nobody
     # asked about. 0: off. Seeded per round (seed + round), so a resumed round re-adapts the same way.
+    # Independent of ``epochs`` (with epochs 0 the rounds re-adapt the model as it starts).
     round_epochs: int = 0
 
     def __post_init__(self) -> None:

@@ -45,6 +45,8 @@ class ClusterStrategy(Strategy):
         if not 0 < eps <= 1:
             raise ValueError(f"eps must be in (0, 1] (a Jaccard distance), got {eps!r}")
         self.eps, self.min_samples, self.k1, self.k2 = float(eps), min_samples, k1, k2
+        if eps_rho is not None and not 0 < eps_rho <= 1:
+            raise ValueError(f"eps_rho must be in (0, 1] or None, got {eps_rho!r}")
         self.eps_rho = eps_rho
         self.jaccard: np.ndarray | None = None  # (N, N) the round's Jaccard distance
         self.labels: np.ndarray | None = None  # (N,) the round's constrained clustering, -1 outliers
