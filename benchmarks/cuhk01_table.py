@@ -120,6 +120,9 @@ ADAPT = ("adapt.epochs=10",)
 ROWS.update({
     "unsupervised": Row("Unsupervised (0 answers)", OURS, ("strategy=baseline", *ADAPT),
                         "the source model adapted to the pool without answers"),
+    "unsupervised_rho": Row("Unsupervised, radius from the distances (rho 1.6e-3)", OURS,
+                            ("strategy=baseline", *ADAPT, "adapt.eps_rho=1.6e-3"),
+                            "DBSCAN's radius re-derived each epoch (Song et al. 2020) instead of eps 0.5"),
     "random_adapted": Row("Random, from the adapted model", OURS, ("strategy=random", *ADAPT)),
     "nearest_adapted": Row("Nearest-first, from the adapted model", OURS, ("strategy=nearest", *ADAPT)),
     "dral_adapted": Row("DRAL + our additions, from the adapted model", OURS, ("strategy=dral", *ADAPT)),
@@ -140,8 +143,8 @@ ROWS.update({
                                   "answers also constrain the pool's clustering before each fine-tune"),
 })
 FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
-REFERENCES = ("baseline", "upperbound", "upperbound_paper", "unsupervised")  # they ask nothing: no curve against answers
-NO_QUERIES = ("baseline", "unsupervised")  # they browse no query either (the UpperBounds browse them all)
+REFERENCES = ("baseline", "upperbound", "upperbound_paper", "unsupervised", "unsupervised_rho")  # they ask nothing: no curve against answers
+NO_QUERIES = ("baseline", "unsupervised", "unsupervised_rho")  # they browse no query either (the UpperBounds browse them all)
 # Names for sets of rows on the command line (``--rows first zero-answer``), in table order.
 ROW_SETS: dict[str, tuple[str, ...]] = {
     "first": FIRST_ROWS,
@@ -437,7 +440,7 @@ def pipeline_kind(row: str) -> str | None:
         return None
     if row.startswith("cluster"):
         return "cluster-aware"
-    if row == "unsupervised" or "_adapted" in row:
+    if row.startswith("unsupervised") or "_adapted" in row:
         return "adapted model + strategy"
     return "source model + strategy"
 

@@ -17,7 +17,7 @@ def test_pipeline_kinds():
     assert pipeline_kind("unsupervised") == pipeline_kind("nearest_adapted") == "adapted model + strategy"
     assert pipeline_kind("cluster") == pipeline_kind("cluster_adapted") == pipeline_kind("cluster_adapted_rounds") \
         == "cluster-aware"
-    assert pipeline_kind("nearest_adapted_rounds") == "adapted model + strategy"
+    assert pipeline_kind("nearest_adapted_rounds") == pipeline_kind("unsupervised_rho") == "adapted model + strategy"
     assert pipeline_kind("upperbound") is None and pipeline_kind("upperbound_paper") is None
 
 
