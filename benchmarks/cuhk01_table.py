@@ -315,6 +315,8 @@ def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
             # the adaptation's own time, and whether this row reused another row's (then not in wall_seconds)
             "adapt_seconds": None if adapt is None else round(sum(e["seconds"] for e in adapt["epochs"]), 1),
             "adapt_reused": adapt is not None and "reused" in adapt,
+            # adapt.round_epochs: per round, the constraints and each epoch's clusters against the truth
+            "readapt": json.loads((out / "readapt.json").read_text()) if (out / "readapt.json").exists() else None,
             "config": to_dict(job), "source": source_identity(source), "commit": commit(), "machine": machine(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "overrides": overrides}
 
