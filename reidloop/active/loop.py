@@ -238,13 +238,13 @@ class ActiveLearningLoop:
               tag: str = "adapt") -> list[dict]:
         """Unsupervised adaptation of ``model`` to ``pool`` in place (``reidloop.adapt``; ``cfg``: the ``adapt``
         section, the job's by default; ``must_link`` / ``cannot_link``: pool index pairs the clustering
-        respects; ``tag``: names the run where one is named, as on Ray); the epochs' reports. With the simulated oracle the reports also say how well the clusters
-        match the truth (never used)."""
+        respects; ``tag``: names the run where one is named, as on Ray); the epochs' reports. With the
+        simulated oracle the reports also say how well the clusters match the truth (never used)."""
         job = self.job
         cfg = cfg or job.adapt
         precision = resolve_precision(job.pretrain.amp, self.device)
-        log.info("adapting %s to the %d pool images (%d epochs, %s)", getattr(model, "backbone_name", job.model.backbone),
-                 len(pool), cfg.epochs, precision.describe())
+        log.info("adapting %s to the %d pool images (%d epochs, %s)",
+                 getattr(model, "backbone_name", job.model.backbone), len(pool), cfg.epochs, precision.describe())
         truth = np.array([r.pid for r in pool]) if job.oracle.mode == "simulated" else None
         history = adapt_unsupervised(model, pool, height=job.data.height, width=job.data.width, cfg=cfg,
                                      precision=precision, must_link=must_link, cannot_link=cannot_link, truth=truth,

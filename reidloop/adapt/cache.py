@@ -2,7 +2,8 @@
 same pool in the same way adapt once: the strategies of a table, the trials of a sweep.
 
 The key is a digest of everything the adaptation reads: the model's weights before it, the pool's images in
-order (their real paths; the images behind a path are assumed unchanged), the ``adapt`` section (less ``cache_dir`` and ``round_epochs``),
+order (their real paths; the images behind a path are assumed unchanged), the ``adapt`` section (less
+``cache_dir``, ``round_epochs`` and unset optional settings),
 the input size and the precision it runs in (``cpu/fp32``, ``cuda/bf16``...: another kind of machine
 computes another model, so it gets its own entry). Entries are written atomically (one file each), so two
 runs that miss at once both adapt and the second write replaces the first with an equal model.

@@ -62,9 +62,9 @@ def jaccard_distance(features: np.ndarray, k1: int = 20, k2: int = 6) -> np.ndar
 def auto_eps(dist: np.ndarray, rho: float) -> float:
     """DBSCAN's radius from the distances themselves (Song et al., "Unsupervised domain adaptive
     re-identification: theory and practice", 2020: rho 1.6e-3): the mean of the smallest positive distances,
-    as many as ``rho`` of the N(N-1)/2 pairs (at least one). A ``rho`` a little above the share of same-person pairs (about
-    (images per person - 1) / N: 1.2e-3 on Market-1501, 1.5e-3 on a CUHK01 pool) covers most same-person
-    distances, and the radius follows the features as adaptation sharpens them."""
+    as many as ``rho`` of the N(N-1)/2 pairs (at least one). A ``rho`` a little above the share of
+    same-person pairs (about (images per person - 1) / N: 1.2e-3 on Market-1501, 1.5e-3 on a CUHK01 pool)
+    covers most same-person distances, and the radius follows the features as adaptation sharpens them."""
     d = as_numpy(dist, "dist")
     if d.ndim != 2 or d.shape[0] != d.shape[1] or d.shape[0] < 2:
         raise ValueError(f"dist must be an (N, N) matrix with N >= 2, got {d.shape}")

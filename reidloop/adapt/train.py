@@ -52,7 +52,8 @@ class AdaptEpoch:
     def line(self) -> str:
         extra = "" if self.purity is None else (f"  purity {self.purity:.3f}  pairs P {self.pair_precision:.3f} "
                                                 f"R {self.pair_recall:.3f}")
-        return (f"adapt epoch {self.epoch:>2}  eps {self.eps or 0:.3f}  clusters {self.clusters}  clustered {self.clustered:.2f}  "
+        return (f"adapt epoch {self.epoch:>2}  eps {self.eps or 0:.3f}  clusters {self.clusters}  "
+                f"clustered {self.clustered:.2f}  "
                 f"cross-camera {self.cross_camera:.2f}  loss {self.loss:.4f}{extra}  {self.seconds:.0f}s")
 
     def to_dict(self) -> dict:

@@ -37,8 +37,8 @@ class ClusterStrategy(Strategy):
     def __init__(self, seed: int = 0, eps: float = 0.6, min_samples: int = 4, k1: int = 20, k2: int = 6,
                  camera_centring: bool = False, eps_rho: float | None = None) -> None:
         """``eps``, ``min_samples``: DBSCAN's (cluster-contrast: 0.6, 4); ``eps_rho``: when set, each round's
-        radius is :func:`~reidloop.adapt.clustering.auto_eps` of its distances instead of ``eps``; ``k1``, ``k2``: the Jaccard distance's;
-        ``camera_centring``: cluster features centred per camera when the round knows the cameras, as
+        radius is :func:`~reidloop.adapt.clustering.auto_eps` of its distances instead of ``eps``; ``k1``, ``k2``:
+        the Jaccard distance's; ``camera_centring``: cluster features centred per camera when the round knows the cameras, as
         adaptation does (:func:`reidloop.adapt.train.camera_centred`)."""
         super().__init__(seed)
         self.camera_centring = camera_centring
