@@ -80,6 +80,11 @@ def auto_eps(dist: np.ndarray, rho: float) -> float:
     return float(np.partition(upper, min(k, upper.size) - 1)[:k].mean())
 
 
+def radius(dist: np.ndarray, eps: float, eps_rho: float | None = None) -> float:
+    """DBSCAN's radius for ``dist``: :func:`auto_eps` with ``eps_rho`` when it is set, else ``eps``."""
+    return auto_eps(dist, eps_rho) if eps_rho else eps
+
+
 def _check_pairs(pairs: Any, name: str, n: int) -> np.ndarray:
     arr = np.asarray(pairs)
     if arr.size == 0:

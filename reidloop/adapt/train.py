@@ -29,7 +29,7 @@ from ..data.transforms import build_transforms
 from ..engine.features import extract_features
 from ..engine.precision import Precision, checked_precision
 from ..progress import bar
-from .clustering import auto_eps, cluster, jaccard_distance
+from .clustering import cluster, jaccard_distance, radius
 from .memory import ClusterMemory
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def adapt_unsupervised(model: torch.nn.Module, records: Sequence[ImageRecord], *
         feats = unit(feats)
         basis = camera_centred(feats, cameras) if cfg.camera_centring else feats
         dist = jaccard_distance(basis, cfg.k1, cfg.k2)
-        eps = auto_eps(dist, cfg.eps_rho) if cfg.eps_rho else cfg.eps
+        eps = radius(dist, cfg.eps, cfg.eps_rho)
         labels = cluster(dist, eps, cfg.min_samples, must_link, cannot_link)
         report = {**cluster_report(labels, cameras, truth), "eps": eps}
         kept = np.flatnonzero(labels >= 0)

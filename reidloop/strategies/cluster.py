@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..adapt.clustering import auto_eps, cluster, jaccard_distance
+from ..adapt.clustering import cluster, jaccard_distance, radius
 from ..adapt.train import camera_centred, unit
 from ..pair_knowledge import PairKnowledge
 from .base import RoundContext, Strategy
@@ -37,9 +37,9 @@ class ClusterStrategy(Strategy):
     def __init__(self, seed: int = 0, eps: float = 0.6, min_samples: int = 4, k1: int = 20, k2: int = 6,
                  camera_centring: bool = False, eps_rho: float | None = None) -> None:
         """``eps``, ``min_samples``: DBSCAN's (cluster-contrast: 0.6, 4); ``eps_rho``: when set, each round's
-        radius is :func:`~reidloop.adapt.clustering.auto_eps` of its distances instead of ``eps``; ``k1``, ``k2``:
-        the Jaccard distance's; ``camera_centring``: cluster features centred per camera when the round knows the cameras, as
-        adaptation does (:func:`reidloop.adapt.train.camera_centred`)."""
+        radius is :func:`~reidloop.adapt.clustering.auto_eps` of its distances instead of ``eps``; ``k1``,
+        ``k2``: the Jaccard distance's; ``camera_centring``: cluster features centred per camera when the round
+        knows the cameras, as adaptation does (:func:`reidloop.adapt.train.camera_centred`)."""
         super().__init__(seed)
         self.camera_centring = camera_centring
         if not 0 < eps <= 1:
@@ -65,9 +65,8 @@ class ClusterStrategy(Strategy):
         self.jaccard = jaccard_distance(feats, self.k1, self.k2)
         ml = [(a, b) for a, b, y in self._answers if y > 0]
         cl = [(a, b) for a, b, y in self._answers if y < 0]
-        eps = auto_eps(self.jaccard, self.eps_rho) if self.eps_rho else self.eps
-        self.labels = cluster(self.jaccard, eps, self.min_samples, np.array(ml, dtype=np.int64).reshape(-1, 2),
-                              np.array(cl, dtype=np.int64).reshape(-1, 2))
+        self.labels = cluster(self.jaccard, radius(self.jaccard, self.eps, self.eps_rho), self.min_samples,
+                              np.array(ml, dtype=np.int64).reshape(-1, 2), np.array(cl, dtype=np.int64).reshape(-1, 2))
 
     def _learn(self, a: int, b: int, y: int) -> None:
         if a != b and self.knowledge.infer(a, b) is None:  # new and consistent: an implied one adds nothing
