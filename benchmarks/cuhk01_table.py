@@ -19,8 +19,8 @@ Rows (``ROWS``): ours cut rounds by answers (``tune_configs/cuhk01.yaml``: a com
 a fine-tune after every quarter of it), so strategies are compared at equal answers; the rows marked
 "paper" run DRAL's Algorithm 1 as published (``tune_configs/cuhk01_paper.yaml``). The split seed sets
 both the CUHK01 identity split and the run's own randomness (query order, agent, fine-tune).
-Equal-answer columns: mAP at 1n, 2n and 5n answers (5n: only runs that spend that many, the rows
-"as published"), the mean mAP over [0, 2n] answers (area under the curve
+Equal-answer columns: mAP at 1n, 2n and 5n answers (5n: only runs that spend that many: the rows
+"as published", and the rows "5n answers" at Kmax 10, ``--rows five-n``), the mean mAP over [0, 2n] answers (area under the curve
 / 2n), the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
 same split, and the answers needed to reach Random's mAP at 2n answers on the same split (linear
 between rounds; "-" when the run never got there).
@@ -58,6 +58,7 @@ class Row:
     config: str
     overrides: tuple[str, ...]
     note: str = ""
+    kmax: int | None = None  # the row's own Kmax (it runs at that one, whatever ``--kmax`` says)
 
 
 ROWS: dict[str, Row] = {
@@ -142,6 +143,20 @@ ROWS.update({
                                   ("strategy=cluster", *ADAPT, "adapt.round_epochs=2"),
                                   "answers also constrain the pool's clustering before each fine-tune"),
 })
+# The 5n column: the best pipeline of each kind with a budget of 5n answers (9,700 = 5 x the 1,940 learning
+# images of every split), at Kmax 10 (at Kmax 5, 5n is every question the loop may ask, less what it infers)
+# and a fine-tune after every 1n, so the curve has points at exactly 1n, 2n and 5n.
+FIVE_N = ("oracle.budget=9700", "finetune.every=0.2")
+ROWS.update({
+    "nearest_5n": Row("Nearest-first, 5n answers", OURS, ("strategy=nearest", *FIVE_N),
+                      "budget 5n, a fine-tune after every 1n answers", kmax=10),
+    "nearest_adapted_5n": Row("Nearest-first, from the adapted model, 5n answers", OURS,
+                              ("strategy=nearest", *ADAPT, *FIVE_N),
+                              "budget 5n, a fine-tune after every 1n answers", kmax=10),
+    "cluster_adapted_rounds_5n": Row("Cluster-aware, from the adapted model, re-adapted each round, 5n answers",
+                                     OURS, ("strategy=cluster", *ADAPT, "adapt.round_epochs=2", *FIVE_N),
+                                     "budget 5n, a fine-tune (after re-adapting) after every 1n answers", kmax=10),
+})
 FIRST_ROWS = ("baseline", "upperbound", "random", "nearest", "dral")
 REFERENCES = ("baseline", "upperbound", "upperbound_paper", "unsupervised", "unsupervised_rho")  # they ask nothing: no curve against answers
 NO_QUERIES = ("baseline", "unsupervised", "unsupervised_rho")  # they browse no query either (the UpperBounds browse them all)
@@ -150,6 +165,7 @@ ROW_SETS: dict[str, tuple[str, ...]] = {
     "first": FIRST_ROWS,
     "zero-answer": ("baseline", "upperbound", "unsupervised", "random_adapted", "nearest_adapted", "dral_adapted",
                     "cluster", "cluster_adapted"),
+    "five-n": ("nearest_5n", "nearest_adapted_5n", "cluster_adapted_rounds_5n"),
     "all": tuple(ROWS),
 }
 
@@ -164,6 +180,12 @@ def expand_rows(names: list[str]) -> list[str]:
             if row not in rows:
                 rows.append(row)
     return rows
+
+
+def planned_runs(rows: list[str], kmaxes: list[int], seeds: list[int]) -> list[tuple[str, int, int]]:
+    """(row, Kmax, seed) to run, by seed, then Kmax, then row, each once; a row with its own Kmax
+    (``Row.kmax``) runs at that one only, whatever ``--kmax`` says."""
+    return list(dict.fromkeys((row, ROWS[row].kmax or kmax, seed) for seed in seeds for kmax in kmaxes for row in rows))
 
 
 def row_key(row: str, kmax: int, seed: int) -> str:
@@ -583,18 +605,16 @@ def main() -> None:
         source = source_model(args.cuhk03, Path(args.runs))
         check_same_source(source, results_dir)
         record_source(source, results_dir)
-        for seed in args.seeds:
-            for kmax in args.kmax:
-                for row in args.rows:
-                    path = results_dir / f"{row_key(row, kmax, seed)}.json"
-                    if path.exists():
-                        print(f"{path.name}: done, skipped", flush=True)
-                        continue
-                    print(f"--- {row_key(row, kmax, seed)} ({ROWS[row].label})", flush=True)
-                    res = run_row(row, kmax, seed, args, source)
-                    path.write_text(json.dumps(res, indent=1))
-                    print(f"{path.name}: {res['answers']} answers, mAP {100 * res['final']['mAP']:.2f}, "
-                          f"rank-1 {100 * res['final']['rank1']:.2f}, {res['wall_seconds'] / 60:.1f} min", flush=True)
+        for row, kmax, seed in planned_runs(args.rows, args.kmax, args.seeds):
+            path = results_dir / f"{row_key(row, kmax, seed)}.json"
+            if path.exists():
+                print(f"{path.name}: done, skipped", flush=True)
+                continue
+            print(f"--- {row_key(row, kmax, seed)} ({ROWS[row].label})", flush=True)
+            res = run_row(row, kmax, seed, args, source)
+            path.write_text(json.dumps(res, indent=1))
+            print(f"{path.name}: {res['answers']} answers, mAP {100 * res['final']['mAP']:.2f}, "
+                  f"rank-1 {100 * res['final']['rank1']:.2f}, {res['wall_seconds'] / 60:.1f} min", flush=True)
     results = [json.loads(f.read_text()) for f in sorted(results_dir.glob("*_k*_s*.json"))]
     for res in results:  # results written before the field existed: from the run folder, when present,
         state = Path(args.runs) / results_dir.name / res["key"] / "state.json"  # then kept in the results file

@@ -96,3 +96,28 @@ def test_a_row_that_reused_another_rows_adaptation_costs_what_it_would_alone():
     assert row_seconds({"wall_seconds": 400.0, "adapt_seconds": 300.0, "adapt_reused": False}) == 400.0
     assert row_seconds({"wall_seconds": 400.0, "adapt_seconds": 300.0, "adapt_reused": True}) == 700.0
     assert row_seconds({"wall_seconds": 400.0, "adapt_seconds": None, "adapt_reused": False}) == 400.0
+
+
+def test_a_row_with_its_own_kmax_runs_once_per_seed_at_that_kmax():
+    from cuhk01_table import ROWS, planned_runs
+
+    assert ROWS["nearest_5n"].kmax == 10 and ROWS["nearest"].kmax is None
+    assert planned_runs(["nearest", "nearest_5n"], [5], [0, 1]) == [
+        ("nearest", 5, 0), ("nearest_5n", 10, 0), ("nearest", 5, 1), ("nearest_5n", 10, 1)]
+    assert planned_runs(["nearest_5n", "nearest"], [5, 10], [0]) == [
+        ("nearest_5n", 10, 0), ("nearest", 5, 0), ("nearest", 10, 0)]
+
+
+def test_the_5n_rows_can_spend_5n_answers_and_have_points_at_1n_2n_and_5n():
+    from cuhk01_table import OURS, ROOT, ROW_SETS, ROWS
+
+    from reidloop.config import LoopJob, load_config
+
+    n = 1940  # the learning images of every CUHK01 split (485 identities x 4)
+    for row in ROW_SETS["five-n"]:
+        spec = ROWS[row]
+        job = load_config(LoopJob, str(ROOT / spec.config), ["data.root=unused", f"dral.kmax={spec.kmax}",
+                                                             *spec.overrides])
+        assert spec.config == OURS and job.oracle.budget == 5 * n and job.dral.kmax * n >= 2 * job.oracle.budget
+        steps = round(1 / job.finetune.every)
+        assert {1 * n, 2 * n, 5 * n} <= {job.oracle.budget * (i + 1) // steps for i in range(steps)}
