@@ -158,32 +158,31 @@ def cluster(dist: np.ndarray, eps: float, min_samples: int = 4, must_link: Any =
 def _split(d: np.ndarray, members: np.ndarray, hard_roots: np.ndarray, cl: np.ndarray) -> list[np.ndarray]:
     """Partition ``members`` so that no part holds a cannot-link pair (see :func:`cluster`)."""
     inside = np.isin(cl, members).all(axis=1)
-    ends = set(hard_roots[cl[inside]].ravel().tolist())
-    apart = {(int(a), int(b)) for a, b in hard_roots[cl[inside]].tolist()}
-    apart |= {(b, a) for a, b in apart}
+    conflicts: dict[int, set[int]] = {}  # must-link group root -> the group roots it has a cannot-link with
+    for a, b in hard_roots[cl[inside]].tolist():
+        conflicts.setdefault(a, set()).add(b)
+        conflicts.setdefault(b, set()).add(a)
     groups: dict[int, list[int]] = {}
     for m in members.tolist():
         groups.setdefault(int(hard_roots[m]), []).append(m)
-    parts: list[list[int]] = []  # must-link group roots per part
+    parts: list[set[int]] = []  # must-link group roots per part
     sums: list[np.ndarray] = []  # per part: summed distance of every item to the part's seed members
     sizes: list[int] = []
-    for g in sorted(ends):  # the seeds: groups holding a cannot-link end
-        best, best_d = -1, np.inf
-        for p, roots in enumerate(parts):
-            mean_d = float(sums[p][groups[g]].mean()) / sizes[p]
-            if mean_d < best_d and not any((g, r) in apart for r in roots):
-                best, best_d = p, mean_d
-        if best < 0:  # in conflict with every part: a new one
+    for g in sorted(conflicts):  # the seeds: groups holding a cannot-link end
+        free = [p for p, roots in enumerate(parts) if conflicts[g].isdisjoint(roots)]
+        if free:  # the part at the least mean distance (ties: the first)
+            best = free[int(np.argmin([sums[p][groups[g]].mean() / sizes[p] for p in free]))]
+        else:  # in conflict with every part: a new one
             best = len(parts)
-            parts.append([])
+            parts.append(set())
             sums.append(np.zeros(d.shape[0]))
             sizes.append(0)
-        parts[best].append(g)
+        parts[best].add(g)
         sums[best] += d[:, groups[g]].sum(axis=1)
         sizes[best] += len(groups[g])
     seeded = np.stack([sums[p] / sizes[p] for p in range(len(parts))])  # (parts, N) mean distance to seeds
-    for g in sorted(set(groups) - ends):  # every other group to its nearest part (ties: the first)
-        parts[int(np.argmin(seeded[:, groups[g]].mean(axis=1)))].append(g)
+    for g in sorted(set(groups) - set(conflicts)):  # every other group to its nearest part (ties: the first)
+        parts[int(np.argmin(seeded[:, groups[g]].mean(axis=1)))].add(g)
     return [np.array(sorted(m for r in roots for m in groups[r])) for roots in parts]
 
 
