@@ -63,10 +63,8 @@ class ClusterStrategy(Strategy):
         if self.camera_centring and ctx.cameras is not None:
             feats = camera_centred(unit(np.asarray(feats, dtype=np.float32)), np.asarray(ctx.cameras))
         self.jaccard = jaccard_distance(feats, self.k1, self.k2)
-        ml = [(a, b) for a, b, y in self._answers if y > 0]
-        cl = [(a, b) for a, b, y in self._answers if y < 0]
         self.labels = cluster(self.jaccard, radius(self.jaccard, self.eps, self.eps_rho), self.min_samples,
-                              np.array(ml, dtype=np.int64).reshape(-1, 2), np.array(cl, dtype=np.int64).reshape(-1, 2))
+                              *self.knowledge.constraints())
 
     def _learn(self, a: int, b: int, y: int) -> None:
         if a != b and self.knowledge.infer(a, b) is None:  # new and consistent: an implied one adds nothing
