@@ -20,8 +20,8 @@ a fine-tune after every quarter of it), so strategies are compared at equal answ
 "paper" run DRAL's Algorithm 1 as published (``tune_configs/cuhk01_paper.yaml``). The split seed sets
 both the CUHK01 identity split and the run's own randomness (query order, agent, fine-tune).
 Equal-answer columns: mAP at 1n, 2n and 5n answers (5n: only runs that spend that many: the rows
-"as published", and the rows "5n answers" at Kmax 10, ``--rows five-n``), the mean mAP over [0, 2n] answers (area under the curve
-/ 2n), the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
+"as published", and the rows "5n answers" at Kmax 10, ``--rows five-n``), the mean mAP over [0, 2n]
+answers (area under the curve / 2n), the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
 same split, and the answers needed to reach Random's mAP at 2n answers on the same split (linear
 between rounds; "-" when the run never got there).
 """
