@@ -121,3 +121,17 @@ def test_the_5n_rows_can_spend_5n_answers_and_have_points_at_1n_2n_and_5n():
         assert spec.config == OURS and job.oracle.budget == 5 * n and job.dral.kmax * n >= 2 * job.oracle.budget
         steps = round(1 / job.finetune.every)
         assert {1 * n, 2 * n, 5 * n} <= {job.oracle.budget * (i + 1) // steps for i in range(steps)}
+
+
+def test_the_adapted_upperbound_adapts_as_the_adapted_rows_do_and_is_no_pipeline():
+    from cuhk01_table import REFERENCES, ROOT, ROWS
+
+    from reidloop.config import LoopJob, load_config
+
+    def job(row):
+        return load_config(LoopJob, str(ROOT / ROWS[row].config), ["data.root=unused", *ROWS[row].overrides])
+
+    bound, learner = job("upperbound_adapted"), job("nearest_adapted")
+    assert bound.strategy == "upperbound" and bound.adapt == learner.adapt and bound.adapt.epochs > 0
+    assert bound.finetune == learner.finetune and bound.oracle == learner.oracle
+    assert "upperbound_adapted" in REFERENCES and pipeline_kind("upperbound_adapted") is None
