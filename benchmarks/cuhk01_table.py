@@ -488,14 +488,21 @@ def _paired_wins(mine: dict[int, float], others) -> int:
     return wins
 
 
+def _seeds(seeds: list[int]) -> str:
+    return f"seed{'s' * (len(seeds) > 1)} {','.join(map(str, seeds))}"
+
+
 def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     """The best pipeline of each kind at 0, 1n, 2n and 5n answers: mean ± sd of its mAP there over seeds.
 
     A row's value at b answers is its curve's (``value_at``; a row that stopped earlier has none). At 0
     answers that is the model the questions start from: Baseline for the source model, Unsupervised for the
-    adapted one (the rows that ask nothing only count there). Rows (a row at one Kmax) are compared in
-    pairs on the seeds both ran (a split is easier or harder for every row alike), and the one that beats
-    the most others that way is the best (then: more seeds, a higher mean); the cell names its seeds.
+    adapted one (the rows that ask nothing only count there). A cell claims a spread over splits, so only
+    the rows (a row at one Kmax) run on the most splits compete for it: compared in pairs on the splits
+    both ran (a split is easier or harder for every row alike), the one that beats the most others that
+    way is the best (then a higher mean). A row run on fewer splits that is ahead of it on the splits they
+    share is named after it ("ahead on seed 0 alone: ..."; the one on the most splits, then the largest
+    lead), so a partial row neither takes a cell nor goes unseen. The cell names its seeds.
     """
     budgets = (0, n, 2 * n, 5 * n)
     kmaxes = {r["kmax"] for r in results}
@@ -522,16 +529,35 @@ def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
         cells = []
         for b, name in zip(budgets, names):
             cands = {key: at[b] for key, at in values.items() if pipeline_kind(key[0]) == kind and at[b]}
-            rec = {"kind": kind, "budget": b, "row": None, "kmax": None, "seeds": [], "mAP": []}
+            rec = {"kind": kind, "budget": b, "row": None, "kmax": None, "seeds": [], "mAP": [], "ahead": None}
             if cands:
-                (row, kmax), best = max(cands.items(), key=lambda kv: (
-                    _paired_wins(kv[1], cands.values()), len(kv[1]), np.mean(list(kv[1].values())),
+                most = max(len(at) for at in cands.values())
+                full = {key: at for key, at in cands.items() if len(at) == most}
+                (row, kmax), best = max(full.items(), key=lambda kv: (
+                    _paired_wins(kv[1], full.values()), np.mean(list(kv[1].values())),
                     -list(ROWS).index(kv[0][0])))
                 seeds = sorted(best)
                 rec.update(row=row, kmax=kmax, seeds=seeds, mAP=[best[s] for s in seeds])
-                label = ROWS[row].label + (f", Kmax {kmax}" if len(kmaxes) > 1 and row not in REFERENCES else "")
-                cells.append(f"{label}: {_fmt(rec['mAP'])} (seed{'s' * (len(seeds) > 1)} "
-                             f"{','.join(map(str, seeds))})")
+
+                def label(row, kmax):
+                    return ROWS[row].label + (f", Kmax {kmax}" if len(kmaxes) > 1 and row not in REFERENCES else "")
+
+                cell = f"{label(row, kmax)}: {_fmt(rec['mAP'])} ({_seeds(seeds)})"
+                leads = {}  # rows on fewer splits, ahead of the best on the splits they share: their lead
+                for key, at in cands.items():
+                    common = sorted(set(at) & set(best))
+                    if len(at) < most and common:
+                        lead = np.mean([at[s] for s in common]) - np.mean([best[s] for s in common])
+                        if lead > 0:
+                            leads[key] = lead
+                if leads:
+                    (arow, akmax), _ = max(leads.items(), key=lambda kv: (len(cands[kv[0]]), kv[1]))
+                    aseeds = sorted(cands[arow, akmax])
+                    rec["ahead"] = {"row": arow, "kmax": akmax, "seeds": aseeds,
+                                    "mAP": [cands[arow, akmax][s] for s in aseeds]}
+                    cell += (f"; ahead on {_seeds(aseeds)}{' alone' if len(aseeds) == 1 else ''}: "
+                             f"{label(arow, akmax)}: {_fmt(rec['ahead']['mAP'])}")
+                cells.append(cell)
             else:
                 cells.append("-")
             records.append(rec)
