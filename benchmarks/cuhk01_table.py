@@ -525,6 +525,10 @@ def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     lines = ["| pipeline | " + " | ".join(f"best at {name} answers" for name in names) + " |",
              "|---|" + "---|" * len(budgets)]
     records = []
+
+    def label(row: str, kmax: int) -> str:
+        return ROWS[row].label + (f", Kmax {kmax}" if len(kmaxes) > 1 and row not in REFERENCES else "")
+
     for kind in KINDS:
         cells = []
         for b, name in zip(budgets, names):
@@ -538,9 +542,6 @@ def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
                     -list(ROWS).index(kv[0][0])))
                 seeds = sorted(best)
                 rec.update(row=row, kmax=kmax, seeds=seeds, mAP=[best[s] for s in seeds])
-
-                def label(row, kmax):
-                    return ROWS[row].label + (f", Kmax {kmax}" if len(kmaxes) > 1 and row not in REFERENCES else "")
 
                 cell = f"{label(row, kmax)}: {_fmt(rec['mAP'])} ({_seeds(seeds)})"
                 leads = {}  # rows on fewer splits, ahead of the best on the splits they share: their lead
