@@ -137,11 +137,12 @@ def test_with_kept_images_searches_go_on_during_the_background_reembedding(run):
     svc.add(run["entries"], run["images"], run["raw"])
     old = svc.state
     write_checkpoint(run["dir"] / "model.pt", 1, round=1)
-    answers, stop = [], threading.Event()
+    answers, infos, stop = [], [], threading.Event()
 
     def searcher():
         while not stop.is_set():
             answers.append(svc.search(run["images"][3:4], [1]))
+            infos.append(svc.version_info())
 
     thread = threading.Thread(target=searcher)
     thread.start()
@@ -155,9 +156,14 @@ def test_with_kept_images_searches_go_on_during_the_background_reembedding(run):
     np.testing.assert_allclose(new.index.features, new.model.embed(run["images"]), rtol=1e-5, atol=1e-5)
     for matches, version, size, stale in answers:  # every answer: one model's query against that model's vectors
         assert matches[0][0]["gallery_id"] == "g3" and matches[0][0]["model_version"] == version and stale == 0
+    # /version never shows the new model with the old swap count (the swap is published in one snapshot)
+    seen = {(i["model_version"], i["swaps"], i["stale"]) for i in infos + [svc.version_info()]}
+    assert seen <= {(old.model.version, 0, 0), (new.model.version, 1, 0)}, seen
+    svc.remove(["g0"])  # changing the gallery keeps the count
+    assert svc.version_info()["swaps"] == 1 and svc.state.model is new.model
     svc.close()
     again = ReidService(cfg_of(run, keep_images=True))  # the re-embedded vectors were stored
-    np.testing.assert_array_equal(again.state.index.features, new.index.features)
+    np.testing.assert_array_equal(again.state.index.features, new.index.features[1:])
     again.close()
 
 
@@ -169,6 +175,7 @@ def test_a_checkpoint_changed_while_down_is_caught_up_from_kept_images(run):
     again = ReidService(cfg_of(run, keep_images=True))
     assert len(again.stale_ids()) == 6  # loaded, not yet re-embedded: the fresh entries are searched meanwhile
     assert again.catch_up() == 6 and again.stale_ids() == []
+    assert again.version_info()["swaps"] == 0  # the serving model re-embedded its gallery: not a swap
     assert again.search(run["images"][5:6], [1])[0][0][0]["gallery_id"] == "g5"
     again.close()
 

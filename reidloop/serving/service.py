@@ -45,6 +45,7 @@ REEMBED_CHUNK = 256  # images decoded and embedded at a time by a background re-
 class ServingState(NamedTuple):
     model: ServingModel
     index: GalleryIndex
+    swaps: int = 0  # checkpoint swaps so far: published with the model they brought, read in one snapshot
 
 
 def gallery_folder(cfg: ServeConfig) -> Optional[Path]:
@@ -82,7 +83,6 @@ class ReidService:
         self.follower = CheckpointFollower(cfg.checkpoint)
         self.last_error: Optional[dict] = None  # {"code", "checkpoint_name", "at"}: what /version shows
         self._last_detail: Optional[str] = None  # the full message of that error (server log only)
-        self.swaps = 0
         self.reembedding: Optional[str] = None  # the model version a background re-embedding is for
         self._lock = threading.Lock()  # state mutations
         self._reload_lock = threading.Lock()  # one reload at a time
@@ -137,7 +137,7 @@ class ReidService:
             if self.store is not None:  # durable before the new state is visible or answered
                 self.store.add(entries, [s.model.version] * len(entries), feats, raw)
                 self._compact(index)
-            self._state = ServingState(s.model, index)
+            self._state = s._replace(index=index)
             return self._state
 
     def remove(self, gallery_ids: Sequence[str]) -> ServingState:
@@ -148,7 +148,7 @@ class ReidService:
             if self.store is not None:
                 self.store.remove(gallery_ids)
                 self._compact(index)
-            self._state = ServingState(s.model, index)
+            self._state = s._replace(index=index)
             return self._state
 
     def _compact(self, index: GalleryIndex) -> None:
@@ -175,11 +175,29 @@ class ReidService:
                 out.update(zip(chunk, model.embed(images)))
         return out
 
-    def catch_up(self, model: Optional[ServingModel] = None) -> int:
-        """Re-embed, with ``model`` (default: the serving one), every entry it did not embed and whose image
-        is kept; off the lock, then the entries changed meanwhile under it; finally model and vectors switch
-        together. Returns how many entries were re-embedded. Searches are answered throughout."""
-        target = model or self._state.model
+    @property
+    def swaps(self) -> int:
+        return self._state.swaps
+
+    def _publish(self, model: ServingModel, index: GalleryIndex) -> None:
+        """Under ``_lock``: make ``model`` and ``index`` the served state; a new model counts as a swap and
+        clears the last reload error before anyone can see it served."""
+        s = self._state
+        swapped = model is not s.model
+        if swapped:
+            self.last_error = self._last_detail = None
+        self._state = ServingState(model, index, s.swaps + swapped)
+
+    def catch_up(self) -> int:
+        """Re-embed, with the serving model, every entry it did not embed and whose image is kept (entries
+        stored by another model). Waits for a reload in progress; see ``_catch_up``."""
+        with self._reload_lock:  # a swap meanwhile would otherwise be undone by the old model's switch
+            return self._catch_up(self._state.model)
+
+    def _catch_up(self, target: ServingModel) -> int:
+        """Re-embed, with ``target``, every entry it did not embed and whose image is kept; off the lock,
+        then the entries changed meanwhile under it; finally model and vectors switch together. Returns how
+        many entries were re-embedded. Searches are answered throughout. Caller holds ``_reload_lock``."""
         self.reembedding = target.version
         try:
             snap = self._state.index
@@ -197,7 +215,7 @@ class ReidService:
                 index = GalleryIndex.of(s.index.entries, versions, feats)
                 if self.store is not None and done:
                     self.store.snapshot(index.entries, index.versions, index.features)
-                self._state = ServingState(target, index)
+                self._publish(target, index)
                 return sum(1 for e in s.index.entries if e.gallery_id in done)
         finally:
             self.reembedding = None
@@ -229,7 +247,7 @@ class ReidService:
                 return False
             if self.store is not None and self.store.keep_images:
                 try:
-                    self.catch_up(model)
+                    self._catch_up(model)
                 except Exception as exc:
                     self._fail(str(path), CheckpointError("gallery_reembed_failed", f"{path}: re-embedding the "
                                                           f"gallery failed ({type(exc).__name__}: {exc})"))
@@ -237,10 +255,8 @@ class ReidService:
             else:  # nothing to re-embed from: entries the new model did not embed are stale until uploaded again
                 with self._lock:
                     s = self._state
-                    self._state = ServingState(model, GalleryIndex.of(
+                    self._publish(model, GalleryIndex.of(
                         s.index.entries, s.index.versions, _fit(list(s.index.features), model.dim)))
-            self.last_error = self._last_detail = None
-            self.swaps += 1
             log.info("serving checkpoint %s (%s); %d gallery entries stale", model.version, path,
                      len(self.stale_ids()))
             return True
@@ -263,10 +279,11 @@ class ReidService:
 
     def version_info(self) -> dict:
         """What ``GET /version`` reports for this replica: ids, names, times, codes; never a path."""
-        m = self._state.model
+        s = self._state  # one snapshot: the model, its swap count and stale count agree
+        m = s.model
         return redact_paths({
             "model_version": m.version, "checkpoint_id": m.version, "checkpoint_name": Path(m.path).name,
             "metrics": m.metrics, "loaded_at": m.loaded_at, "dim": m.dim, "precision": m.precision.describe(),
-            "swaps": self.swaps, "last_error": self.last_error,
-            "stale": int(self._state.index.stale_mask(m.version).sum()),
+            "swaps": s.swaps, "last_error": self.last_error,
+            "stale": int(s.index.stale_mask(m.version).sum()),
             "reembedding": self.reembedding})
