@@ -175,10 +175,6 @@ class ReidService:
                 out.update(zip(chunk, model.embed(images)))
         return out
 
-    @property
-    def swaps(self) -> int:
-        return self._state.swaps
-
     def _publish(self, model: ServingModel, index: GalleryIndex) -> None:
         """Under ``_lock``: make ``model`` and ``index`` the served state; a new model counts as a swap and
         clears the last reload error before anyone can see it served."""
