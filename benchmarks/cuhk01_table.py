@@ -19,8 +19,9 @@ Rows (``ROWS``): ours cut rounds by answers (``tune_configs/cuhk01.yaml``: a com
 a fine-tune after every quarter of it), so strategies are compared at equal answers; the rows marked
 "paper" run DRAL's Algorithm 1 as published (``tune_configs/cuhk01_paper.yaml``). The split seed sets
 both the CUHK01 identity split and the run's own randomness (query order, agent, fine-tune).
-Equal-answer columns: mAP at 1n, 2n and 5n answers (5n: only runs that spend that many: the rows
-"as published", and the rows "5n answers" at Kmax 10, ``--rows five-n``), the mean mAP over [0, 2n]
+Equal-answer columns: mAP at 1n, 2n and 5n answers (5n: only runs whose budget is that many: the rows
+"as published", and the rows "5n answers" at Kmax 10, ``--rows five-n``; a run that browsed every query with
+budget left holds its last mAP up to its budget, ``curve``), the mean mAP over [0, 2n]
 answers (area under the curve / 2n), the answers needed to close 50% and 80% of the gap between Baseline and UpperBound of the
 same split, and the answers needed to reach Random's mAP at 2n answers on the same split (linear
 between rounds; "-" when the run never got there).
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from reidloop.active.loop import ActiveLearningLoop  # noqa: E402
 from reidloop.config import LoopJob, PretrainJob, load_config, to_dict  # noqa: E402
-from reidloop.metrics.curves import answers_to_reach, gap_closure, mean_up_to, value_at  # noqa: E402
+from reidloop.metrics.curves import answers_to_reach, gap_closure, held_to_budget, mean_up_to, value_at  # noqa: E402
 
 OURS, PAPER = "tune_configs/cuhk01.yaml", "tune_configs/cuhk01_paper.yaml"
 SOURCE = "tune_configs/pretrain_cuhk03.yaml"
@@ -352,6 +353,13 @@ def run_row(row: str, kmax: int, seed: int, args, source: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the table
+def curve(res: dict) -> tuple[list[float], list[float]]:
+    """A row's mAP against answers, for comparing at equal answers: its rounds, held level to its budget if
+    it ended with budget left (every query browsed: it had nothing more to ask; ``held_to_budget``)."""
+    x, y = [p["answers"] for p in res["rounds"]], [p["mAP"] for p in res["rounds"]]
+    return held_to_budget(x, y, res["budget"]) if res.get("budget") else (x, y)
+
+
 def equal_answer_columns(res: dict, base: float | None, upper: float | None, n: int,
                          random_end: float | None = None) -> dict:
     """mAP at 1n / 2n answers, mean mAP over [0, 2n], answers to 50% / 80% gap closure and to Random's
@@ -361,8 +369,7 @@ def equal_answer_columns(res: dict, base: float | None, upper: float | None, n: 
             base is not None and upper is not None and upper > base) else None
         return {"mAP@1n": None, "mAP@2n": None, "mAP@5n": None, "mean_mAP_0_2n": None, "answers_to_50pct": None,
                 "answers_to_80pct": None, "answers_to_random_2n": None, "closure": closure}
-    x = [r["answers"] for r in res["rounds"]]
-    y = [r["mAP"] for r in res["rounds"]]
+    x, y = curve(res)
     cols = {"mAP@1n": value_at(x, y, n), "mAP@2n": value_at(x, y, 2 * n), "mAP@5n": value_at(x, y, 5 * n),
             "mean_mAP_0_2n": mean_up_to(x, y, 2 * n),
             "answers_to_random_2n": None if random_end is None else answers_to_reach(x, y, random_end)}
@@ -396,7 +403,7 @@ def build_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
     upper = {(k, s): r["final"]["mAP"] for (row, k, s), r in by.items() if row == "upperbound"}
     # the rows as published are measured against the paper's own (fully supervised) UpperBound
     upper_paper = {(k, s): r["final"]["mAP"] for (row, k, s), r in by.items() if row == "upperbound_paper"}
-    random_2n = {(k, s): value_at([p["answers"] for p in r["rounds"]], [p["mAP"] for p in r["rounds"]], 2 * n)
+    random_2n = {(k, s): value_at(*curve(r), 2 * n)
                  for (row, k, s), r in by.items() if row == "random"}
     groups: dict[tuple[str, int], list[dict]] = {}
     for (row, k, _), r in sorted(by.items(), key=lambda kv: (list(ROWS).index(kv[0][0]), kv[0][1], kv[0][2])):
@@ -514,8 +521,7 @@ def pipeline_table(results: list[dict], n: int) -> tuple[str, list[dict]]:
         if res["row"] in REFERENCES:  # it asks nothing: its model is where the others start
             per[0][res["seed"]] = res["final"]["mAP"]
             continue
-        x = [p["answers"] for p in res["rounds"]]
-        y = [p["mAP"] for p in res["rounds"]]
+        x, y = curve(res)
         # at 0 answers the source and adapted kinds have their own rows (Baseline, Unsupervised)
         for b in budgets if pipeline_kind(res["row"]) == "cluster-aware" else budgets[1:]:
             v = value_at(x, y, b)

@@ -155,3 +155,18 @@ def test_the_adapted_upperbound_adapts_as_the_adapted_rows_do_and_is_no_pipeline
     assert bound.strategy == "upperbound" and bound.adapt == learner.adapt and bound.adapt.epochs > 0
     assert bound.finetune == learner.finetune and bound.oracle == learner.oracle
     assert "upperbound_adapted" in REFERENCES and pipeline_kind("upperbound_adapted") is None
+
+
+def test_a_row_that_browsed_every_query_with_budget_left_is_valued_at_its_budget_and_not_beyond():
+    from cuhk01_table import equal_answer_columns
+
+    n = 10
+    # DRAL as published + answer inference: every query browsed at 48 of its 50 answers (5n)
+    short = {**res("dral_paper_infer", 0, [(0, 0.30), (20, 0.40), (48, 0.60)]), "budget": 50}
+    cols = equal_answer_columns(short, 0.30, 0.80, n)
+    assert cols["mAP@2n"] == 0.40 and abs(cols["mAP@5n"] - 0.60) < 1e-12
+    # a row that spent its budget of 2n has no value at 5n
+    spent = {**res("nearest", 0, [(0, 0.30), (10, 0.40), (20, 0.50)]), "budget": 20}
+    assert equal_answer_columns(spent, 0.30, 0.80, n)["mAP@5n"] is None
+    # nor beyond its own budget when it ended short of it
+    assert equal_answer_columns({**short, "budget": 40, "rounds": short["rounds"][:2]}, 0.30, 0.80, n)["mAP@5n"] is None

@@ -1,7 +1,7 @@
 """Equal-answer comparison maths (reidloop/metrics/curves.py) on hand-computed curves."""
 import pytest
 
-from reidloop.metrics.curves import answers_to_reach, gap_closure, mean_up_to, value_at
+from reidloop.metrics.curves import answers_to_reach, gap_closure, held_to_budget, mean_up_to, value_at
 
 # a run: 0 answers -> 0.30 mAP, 100 -> 0.50, 300 -> 0.60
 X, Y = [0, 100, 300], [0.30, 0.50, 0.60]
@@ -53,3 +53,17 @@ def test_bad_curves_are_refused():
         value_at([0, 200, 100], [0.1, 0.2, 0.3], 50)
     with pytest.raises(ValueError, match="as many answers as values"):
         value_at([0, 100], [0.1], 50)
+
+
+def test_a_run_that_ended_with_budget_left_holds_its_last_value_up_to_the_budget():
+    # every query browsed after 298 answers of a 300 budget (inference settled 2 pairs): 300 buys 0.60
+    x, y = held_to_budget([0, 100, 298], [0.30, 0.50, 0.60], 300)
+    assert (x, y) == ([0, 100, 298, 300], [0.30, 0.50, 0.60, 0.60])
+    assert value_at(x, y, 300) == pytest.approx(0.60)
+    assert value_at(x, y, 299) == pytest.approx(0.60)
+    assert value_at(x, y, 301) is None  # never beyond its budget
+    assert value_at(x, y, 199) == pytest.approx(0.55)  # the measured part is unchanged
+    # area to the budget: 40 + 198 * (0.50 + 0.60) / 2 + 2 * 0.60 = 40 + 108.9 + 1.2 = 150.1 -> / 300
+    assert mean_up_to(x, y, 300) == pytest.approx(150.1 / 300)
+    # a run that spent its budget is left as it is
+    assert held_to_budget(X, Y, 300) == (X, Y)

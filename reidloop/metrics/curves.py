@@ -4,7 +4,9 @@ A run gives one point per round: (answers used so far, metric after that round's
 with the pre-trained model at 0 answers. Between two points the curve is taken as linear (a round's
 answers all arrive before its fine-tune, so this is an interpolation, not a measurement: runs cut
 by answers, ``rounds: answers``, have their points at the same answer counts and need none). Nothing is
-extrapolated: a run that stopped before ``x`` answers has no value at ``x`` (None).
+extrapolated: a run that stopped before ``x`` answers has no value at ``x`` (None), unless it stopped with
+budget left because it had nothing more to ask (``held_to_budget``): then its last value is what that
+budget buys.
 """
 from __future__ import annotations
 
@@ -28,6 +30,21 @@ def gap_closure(value: float, baseline: float, upperbound: float) -> float:
     if gap <= 0:
         raise ValueError(f"gap closure needs UpperBound > Baseline, got {upperbound} <= {baseline}")
     return (value - baseline) / gap
+
+
+def held_to_budget(answers: Sequence[float], values: Sequence[float],
+                   budget: float) -> tuple[list[float], list[float]]:
+    """The curve of a run that ended with ``budget`` left unspent, extended level to its budget.
+
+    A run that ended short of its budget (every query browsed, fewer answers asked than allowed, e.g. when
+    answer inference settled some pairs) could not have spent more: given that budget, its last model is
+    what it returns. So its last value holds up to the budget (never beyond it: a larger budget is another
+    run). A run that spent its whole budget is returned as it is.
+    """
+    x, y = _curve(answers, values)
+    if x[-1] >= budget:
+        return x.tolist(), y.tolist()
+    return [*x.tolist(), float(budget)], [*y.tolist(), float(y[-1])]
 
 
 def value_at(answers: Sequence[float], values: Sequence[float], x: float) -> float | None:
