@@ -35,7 +35,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -60,6 +60,7 @@ class Row:
     overrides: tuple[str, ...]
     note: str = ""
     kmax: int | None = None  # the row's own Kmax (it runs at that one, whatever ``--kmax`` says)
+    tuned: bool = False  # its swept settings (Kmax included) come from the table's own seed-0 sweep (``SWEEP``)
 
 
 ROWS: dict[str, Row] = {
@@ -95,12 +96,10 @@ ROWS: dict[str, Row] = {
                            ("strategy=dral", "dral.reward=links", "dral.warmstart_passes=1",
                             "warmstart_dataset=cuhk03", "warmstart_root={cuhk03}", "warmstart_max_ids=300"),
                            "the links reward, after browsing 300 labelled CUHK03 identities"),
-    # the best trial of tune_configs/sweep_cuhk01.yaml (ASHA, 12 trials, split seed 0 only):
-    # benchmarks/results/cuhk01/sweep_s0/best_config.yaml
-    "dral_tuned": Row("DRAL + our additions, tuned on seed 0", OURS,
-                      ("strategy=dral", "dral.kmax=5", "dral.ns=30", "dral.kappa=12",
-                       "dral.thred=0.42861193229190436", "dral.margin=0.19656081732278266"),
-                      "Kmax, ns, kappa, thred, m from the seed-0 sweep"),
+    # the best trial of the table's own sweep of tune_configs/sweep_cuhk01.yaml (ASHA, 12 trials, split seed 0
+    # only), copied to <table>/sweep_s0/: Kmax, ns, kappa, thred and m from its best_config.yaml (tuned_settings)
+    "dral_tuned": Row("DRAL + our additions, tuned on seed 0", OURS, ("strategy=dral",),
+                      "Kmax, ns, kappa, thred, m from the table's seed-0 sweep", tuned=True),
     "dral_paper": Row("DRAL as published", PAPER, ("strategy=dral",),
                       "rounds by queries, triplet only at lr 5e-6 for 1 epoch, no inference"),
     "random_paper": Row("Random as published", PAPER, ("strategy=random",)),
@@ -195,6 +194,63 @@ def planned_runs(rows: list[str], kmaxes: list[int], seeds: list[int]) -> list[t
     """(row, Kmax, seed) to run, by seed, then Kmax, then row, each once; a row with its own Kmax
     (``Row.kmax``) runs at that one only, whatever ``--kmax`` says."""
     return list(dict.fromkeys((row, ROWS[row].kmax or kmax, seed) for seed in seeds for kmax in kmaxes for row in rows))
+
+
+# The table's seed-0 sweep (tune_configs/sweep_cuhk01.yaml on the table's source model), copied beside its rows:
+# its sweep.yaml names the swept keys, its best_config.yaml holds the best trial's values (benchmarks/README.md).
+SWEEP = "sweep_s0"
+
+
+def tuned_settings(results_dir: Path) -> tuple[int, tuple[str, ...]]:
+    """Kmax and the overrides (every swept key at its best trial's value) of the table's own seed-0 sweep.
+    Raises FileNotFoundError naming what is missing, ValueError when the sweep did not tune on split seed 0."""
+    import yaml
+
+    folder = results_dir / SWEEP
+    best_file, sweep_file = folder / "best_config.yaml", folder / "sweep.yaml"
+    missing = [f.name for f in (best_file, sweep_file) if not f.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} lacks {' and '.join(missing)}: the tuned rows take their settings from this table's own "
+            "sweep on split seed 0. Run `python -m trainers.sweep --config tune_configs/sweep_cuhk01.yaml --set "
+            "overrides.data.root=CUHK01 --num-cpus 2` with this table's source model in runs/cuhk03_source, then "
+            f"copy runs/sweeps/cuhk01/{{sweep.yaml,best_config.yaml,trials.csv,objective_vs_params.png}} to {folder}")
+    space = (yaml.safe_load(sweep_file.read_text()) or {}).get("sweep", {}).get("space") or {}
+    best = yaml.safe_load(best_file.read_text()) or {}
+    seed = best.get("data", {}).get("seed")
+    if seed != 0:
+        raise ValueError(f"{best_file}: data.seed is {seed!r}, not 0; the table tunes on split seed 0 only")
+    values = {}
+    for key in space:
+        node = best
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ValueError(f"{best_file}: no value for the swept key {key!r} of {sweep_file}")
+            node = node[part]
+        values[key] = node
+    if "dral.kmax" not in values:
+        raise ValueError(f"{sweep_file}: its space does not sweep dral.kmax")
+    return int(values["dral.kmax"]), tuple(f"{k}={v}" for k, v in values.items())
+
+
+def resolve_tuned(names: list[str], rows: list[str], results_dir: Path) -> list[str]:
+    """Give the tuned rows among ``rows`` this table's sweep's settings (``ROWS`` updated). A tuned row whose
+    table has no sweep is an error when named on the command line, and left out with a line saying why when
+    it came in a set of rows (``--rows all``)."""
+    kept = []
+    for row in rows:
+        spec = ROWS[row]
+        if spec.tuned:
+            try:
+                kmax, settings = tuned_settings(results_dir)
+            except (FileNotFoundError, ValueError) as exc:
+                if row in names:
+                    sys.exit(f"error: row {row}: {exc}")
+                print(f"{row}: left out: {exc}", flush=True)
+                continue
+            ROWS[row] = replace(spec, overrides=(*spec.overrides, *settings), kmax=kmax)
+        kept.append(row)
+    return kept
 
 
 def row_key(row: str, kmax: int, seed: int) -> str:
@@ -629,7 +685,7 @@ def main() -> None:
     p.add_argument("--table-only", action="store_true", help="run nothing: print the table of the results present")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args()
-    args.rows = expand_rows(args.rows)
+    names, args.rows = args.rows, expand_rows(args.rows)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("reidloop.engine.precision", "reidloop.models.reid_net"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -642,6 +698,7 @@ def main() -> None:
     if not args.table_only:
         if not args.cuhk01:
             p.error("--cuhk01 FOLDER is needed to run rows (or pass --table-only)")
+        args.rows = resolve_tuned(names, args.rows, results_dir)
         check_can_retrain(results_dir, Path(args.runs))
         source = source_model(args.cuhk03, Path(args.runs))
         check_same_source(source, results_dir)

@@ -170,3 +170,56 @@ def test_a_row_that_browsed_every_query_with_budget_left_is_valued_at_its_budget
     assert equal_answer_columns(spent, 0.30, 0.80, n)["mAP@5n"] is None
     # nor beyond its own budget when it ended short of it
     assert equal_answer_columns({**short, "budget": 40, "rounds": short["rounds"][:2]}, 0.30, 0.80, n)["mAP@5n"] is None
+
+
+def _sweep(folder, seed=0, kmax=10, space=("dral.kmax", "dral.ns", "dral.thred")):
+    import yaml
+
+    folder.mkdir(parents=True)
+    (folder / "sweep.yaml").write_text(yaml.safe_dump({"sweep": {"name": "cuhk01", "space": {
+        k: {"choice": [1, 2]} for k in space}}}))
+    (folder / "best_config.yaml").write_text("# Best trial x\n" + yaml.safe_dump(
+        {"data": {"seed": seed}, "strategy": "dral", "dral": {"kmax": kmax, "ns": 20, "thred": 0.4286119322919}}))
+
+
+def test_the_tuned_row_takes_kmax_and_the_swept_settings_from_its_own_tables_seed_0_sweep(tmp_path, monkeypatch):
+    from cuhk01_table import OURS, ROOT, ROWS, planned_runs, resolve_tuned
+
+    from reidloop.config import LoopJob, load_config
+
+    monkeypatch.setitem(ROWS, "dral_tuned", ROWS["dral_tuned"])  # resolve_tuned updates the table's row
+    _sweep(tmp_path / "sweep_s0")
+    assert resolve_tuned(["dral_tuned"], ["nearest", "dral_tuned"], tmp_path) == ["nearest", "dral_tuned"]
+    row = ROWS["dral_tuned"]
+    assert row.kmax == 10 and row.overrides == ("strategy=dral", "dral.kmax=10", "dral.ns=20", "dral.thred=0.4286119322919")
+    assert planned_runs(["dral_tuned"], [3, 5], [1, 2]) == [("dral_tuned", 10, 1), ("dral_tuned", 10, 2)]
+    job = load_config(LoopJob, str(ROOT / OURS), ["data.root=unused", *row.overrides])  # valid, with those values
+    assert (job.dral.kmax, job.dral.ns, job.dral.thred) == (10, 20, 0.4286119322919)
+
+
+def test_a_tuned_row_without_its_tables_sweep_is_an_error_when_named_and_left_out_of_a_set(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from cuhk01_table import ROWS, expand_rows, resolve_tuned
+
+    monkeypatch.setitem(ROWS, "dral_tuned", ROWS["dral_tuned"])
+    with pytest.raises(SystemExit, match=r"row dral_tuned: .*sweep_s0 lacks best_config.yaml and sweep.yaml"):
+        resolve_tuned(["dral_tuned"], ["dral_tuned"], tmp_path)
+    rows = expand_rows(["all"])
+    assert resolve_tuned(["all"], rows, tmp_path) == [r for r in rows if r != "dral_tuned"]
+    assert "dral_tuned: left out" in capsys.readouterr().out
+    _sweep(tmp_path / "sweep_s0", seed=1)  # tuned on a test split: not a tuned row of this table
+    with pytest.raises(SystemExit, match=r"best_config.yaml: data.seed is 1, not 0"):
+        resolve_tuned(["dral_tuned"], ["dral_tuned"], tmp_path)
+
+
+def test_the_first_tables_tuned_row_ran_with_what_its_sweep_found():
+    import json
+
+    from cuhk01_table import ROOT, tuned_settings
+
+    table = ROOT / "benchmarks/results/cuhk01"
+    kmax, settings = tuned_settings(table)
+    for seed in (0, 1, 2):
+        ran = json.loads((table / f"dral_tuned_k{kmax}_s{seed}.json").read_text())["overrides"]
+        assert ran[-len(settings):] == list(settings)
