@@ -223,3 +223,17 @@ def test_the_first_tables_tuned_row_ran_with_what_its_sweep_found():
     for seed in (0, 1, 2):
         ran = json.loads((table / f"dral_tuned_k{kmax}_s{seed}.json").read_text())["overrides"]
         assert ran[-len(settings):] == list(settings)
+
+
+def test_the_rows_as_published_at_any_kmax_close_the_gap_to_the_papers_upperbound_of_their_seed():
+    from cuhk01_table import build_table
+
+    results = [{**res("baseline", 0, final=0.30), "answers": 0, "label": "Baseline", "rank1": 0},
+               {**res("upperbound_paper", 0, final=0.50, kmax=5), "answers": 0, "label": "UB paper"},
+               {**res("dral_paper", 0, [(0, 0.30), (30, 0.40)], kmax=10), "answers": 30, "label": "DRAL paper"}]
+    for r in results:
+        r["final"].update(rank1=0, rank5=0, rank10=0)
+        r["wall_seconds"] = 60.0
+    _, records = build_table(results, 10)
+    dral = next(r for r in records if r["row"] == "dral_paper")
+    assert dral["kmax"] == 10 and abs(dral["closure"][0] - 0.5) < 1e-9  # (40 - 30) / (50 - 30)
