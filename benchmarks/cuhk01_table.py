@@ -76,6 +76,8 @@ ROWS: dict[str, Row] = {
     "l2r": Row("L2R", OURS, ("strategy=l2r",)),
     "dral": Row("DRAL + our additions", OURS, ("strategy=dral",),
                 "answer inference, settled pairs, CE over answer chains, rounds by answers"),
+    "dral_noinfer": Row("DRAL + our additions, no answer inference", OURS, ("strategy=dral", "infer_answers=false"),
+                        "asks pairs the answers already imply (the other additions on)"),
     "dral_batched": Row("DRAL + our additions, batched learning", OURS, ("strategy=dral", "dral.learn_every=16"),
                         "one Q-learning step on 64x16 replayed transitions every 16 answers, not one on 64 per answer"),
     "dral_batched4": Row("DRAL + our additions, batched learning every 4 answers", OURS,

@@ -88,6 +88,9 @@ def test_every_cuhk01_table_row_is_a_valid_job_and_each_paper_addition_is_switch
             {k: v for k, v in vars(paper.finetune).items() if k != field}  # nothing else changed
         assert job.infer_answers == (field == "infer_answers")
         assert job.rounds == paper.rounds == "queries" and job.dral == paper.dral
+    ours, noinfer = jobs["dral"], jobs["dral_noinfer"]  # our additions with inference switched off alone
+    assert ours.infer_answers and not noinfer.infer_answers
+    assert noinfer.finetune == ours.finetune and noinfer.dral == ours.dral and noinfer.rounds == ours.rounds
     assert jobs["dral_links_stop"].dral.stop and jobs["dral_links_stop"].dral.reward == "links"
 
 
